@@ -1,0 +1,150 @@
+"""Dataset protocols: classes, thresholds and layout of each benchmark, as YAML data.
+
+The built-in protocols live in ``ovearth/configs/datasets/<name>.yaml`` (one per
+dataset of SegEarth-OV3's table); a user's own file in the same schema is accepted
+anywhere a protocol name is. Schema::
+
+    name: loveda
+    title: LoveDA
+    classes: [background, "building,house", road, ...]   # label order, synonyms by ","
+    segment: {confidence_threshold: 0.5, prob_thd: 0.5, bg_idx: 0, slide_crop: 0, slide_stride: 0}
+    labels: {reduce_zero_label: true, ignore_index: 255, report: building}  # report optional
+    layout: {images: img_dir/val, labels: ann_dir/val, image_suffix: .png, label_suffix: .png}
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+from ..segment.settings import SegmentSettings
+from ..segment.vocabulary import Vocabulary
+
+_SEGMENT_KEYS = {"confidence_threshold", "prob_thd", "bg_idx", "slide_crop", "slide_stride"}
+_LAYOUT_KEYS = {"images", "labels", "image_suffix", "label_suffix"}
+_LABEL_KEYS = {"reduce_zero_label", "ignore_index", "report"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where images and labels are under a data root, and how their names end."""
+
+    images: str
+    labels: str
+    image_suffix: str
+    label_suffix: str
+
+
+@dataclass(frozen=True)
+class DatasetProtocol:
+    """One benchmark's evaluation protocol.
+
+    Attributes:
+        name: short identifier (the file stem of built-in protocols).
+        title: display name.
+        vocabulary: classes in label order.
+        settings: segmentation thresholds and slide settings of the protocol.
+        reduce_zero_label: label 0 becomes ignore and the others drop by one.
+        ignore_index: label value excluded from metrics.
+        report: for binary sets, the class whose IoU is the headline number.
+        layout: folder layout under the data root.
+        source: the YAML file it came from.
+    """
+
+    name: str
+    title: str
+    vocabulary: Vocabulary
+    settings: SegmentSettings
+    reduce_zero_label: bool
+    ignore_index: int
+    report: str | None
+    layout: Layout
+    source: Path
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("ovearth").joinpath("configs").joinpath("datasets")))
+
+
+def list_protocols() -> list[str]:
+    """Names of the built-in protocols, sorted."""
+    return sorted(p.stem for p in _builtin_dir().glob("*.yaml"))
+
+
+def load_protocol(name_or_path: str | Path) -> DatasetProtocol:
+    """Load a built-in protocol by name, or a user's YAML file by path.
+
+    Raises:
+        InputError: unknown name (with the closest names), unreadable file, or a file
+            that does not follow the schema (naming the field).
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix.lower() not in {".yaml", ".yml"}:
+        known = list_protocols()
+        key = text.lower().replace("-", "_").replace(" ", "_")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise InputError(f"Unknown dataset '{text}'.{hint} Known: {', '.join(known)}.")
+        path = _builtin_dir() / f"{key}.yaml"
+    if not path.is_file():
+        raise InputError(f"{path}: no such dataset protocol file.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML ({str(error).splitlines()[0]}).") from None
+    return _parse(data, path)
+
+
+def _section(data: dict, key: str, allowed: set[str], path: Path, required: set[str]) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: '{key}' must be a mapping.")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InputError(f"{path}: unknown field '{key}.{unknown[0]}'; allowed: {', '.join(sorted(allowed))}.")
+    missing = sorted(required - set(value))
+    if missing:
+        raise InputError(f"{path}: missing field '{key}.{missing[0]}'.")
+    return value
+
+
+def _parse(data: Any, path: Path) -> DatasetProtocol:
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a dataset protocol must be a YAML mapping.")
+    for key in ("name", "classes"):
+        if key not in data:
+            raise InputError(f"{path}: missing field '{key}'.")
+    if not isinstance(data["classes"], list):
+        raise InputError(f"{path}: 'classes' must be a list, one class per item.")
+    try:
+        vocabulary = Vocabulary.parse([str(c) for c in data["classes"]])
+        segment = _section(data, "segment", _SEGMENT_KEYS, path, set())
+        settings = SegmentSettings(**segment)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+    except TypeError as error:
+        raise InputError(f"{path}: bad 'segment' value ({error}).") from None
+    labels = _section(data, "labels", _LABEL_KEYS, path, set())
+    layout = _section(data, "layout", _LAYOUT_KEYS, path, _LAYOUT_KEYS)
+    report = labels.get("report")
+    if report is not None and report not in vocabulary.labels:
+        raise InputError(f"{path}: labels.report '{report}' is not one of the classes {vocabulary.labels}.")
+    return DatasetProtocol(
+        name=str(data["name"]),
+        title=str(data.get("title", data["name"])),
+        vocabulary=vocabulary,
+        settings=settings,
+        reduce_zero_label=bool(labels.get("reduce_zero_label", False)),
+        ignore_index=int(labels.get("ignore_index", 255)),
+        report=report,
+        layout=Layout(**{k: str(v) for k, v in layout.items()}),
+        source=path,
+    )

@@ -1,0 +1,271 @@
+"""Read images (GeoTIFF, PNG, JPEG) as 8-bit RGB, and write label and probability rasters.
+
+Band choice: ``bands`` (1-based, e.g. ``(3, 2, 1)``) when given; else the bands whose
+colour interpretation is red, green and blue; else bands 1, 2, 3. A raster with fewer
+than three bands needs explicit ``bands`` (``(1, 1, 1)`` repeats a grey band).
+
+8-bit scaling of other types (``stretch``): ``"percentile"`` (default) maps each band's
+2nd..98th percentile over valid pixels linearly to 0..255 and clips; ``"minmax"`` uses
+the band's min..max; ``"LOW,HIGH"`` uses fixed values for all bands (e.g. ``0,3000`` for
+reflectance); ``"none"`` clips the values to 0..255. A band without spread (all valid
+values equal) falls back to the type's range (0..max for integers, 0..1 for floats).
+uint8 data is never rescaled.
+
+Validity: the raster's dataset mask (nodata value, alpha band or internal mask), and
+for floats also non-finite values. PNG and JPEG are decoded with Pillow, as the
+benchmark pipelines do, and carry no georeferencing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+
+from ..constants import NODATA_LABEL
+from ..errors import InputError
+from .atomic import atomic_path
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + PICTURE_SUFFIXES
+
+
+@dataclass
+class RasterImage:
+    """An image ready for segmentation.
+
+    Attributes:
+        path: the source file.
+        rgb: ``[H, W, 3]`` uint8.
+        valid: ``[H, W]`` bool, False on nodata.
+        crs: coordinate reference system, or None.
+        transform: affine geotransform, or None.
+        bands: the 1-based bands read as R, G, B (None for PNG/JPEG).
+    """
+
+    path: Path
+    rgb: np.ndarray
+    valid: np.ndarray
+    crs: rasterio.crs.CRS | None = None
+    transform: rasterio.Affine | None = None
+    bands: tuple[int, int, int] | None = None
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the image has a CRS (outputs are then GeoTIFFs)."""
+        return self.crs is not None
+
+
+def parse_bands(spec: str | tuple[int, ...] | None) -> tuple[int, int, int] | None:
+    """``"3,2,1"`` -> ``(3, 2, 1)``; None stays None.
+
+    Raises:
+        InputError: not three positive integers.
+    """
+    if spec is None:
+        return None
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        bands = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--bands '{spec}' must be three band numbers like 3,2,1.") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise InputError(f"--bands '{spec}' must be three band numbers (1-based) like 3,2,1.")
+    return bands  # type: ignore[return-value]
+
+
+def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+    """Validate an image from its header, before any pixel is read.
+
+    Args:
+        path: image file.
+        bands: requested bands, or None.
+
+    Returns:
+        The bands that will be read as R, G, B (None for PNG/JPEG).
+
+    Raises:
+        InputError: missing file, unsupported type, unreadable header, or a band
+            choice the file cannot satisfy.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{path}: unsupported image type '{path.suffix}'; use GeoTIFF, PNG or JPEG.")
+    if suffix in PICTURE_SUFFIXES:
+        try:
+            with Image.open(path) as picture:
+                picture.verify()
+        except Exception as error:  # Pillow raises many types for broken files
+            raise InputError(f"{path}: not a readable {suffix[1:].upper()} image ({error}).") from None
+        if bands is not None:
+            raise InputError(f"{path}: --bands applies to GeoTIFFs; PNG and JPEG are read as RGB.")
+        return None
+    try:
+        with rasterio.open(path) as dataset:
+            return _choose_bands(path, dataset, bands)
+    except RasterioError as error:
+        raise InputError(f"{path}: not a readable raster ({error}).") from None
+
+
+def _choose_bands(path: Path, dataset: rasterio.DatasetReader, bands: tuple[int, int, int] | None) -> tuple:
+    count = dataset.count
+    if bands is not None:
+        if max(bands) > count:
+            raise InputError(
+                f"{path} has {count} band(s); --bands {','.join(map(str, bands))} asks for band {max(bands)}."
+            )
+        return bands
+    interp = list(dataset.colorinterp)
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(c in interp for c in wanted):
+        return tuple(interp.index(c) + 1 for c in wanted)
+    if count >= 3:
+        return (1, 2, 3)
+    raise InputError(
+        f"{path} has {count} band(s) but SAM 3 needs three (R,G,B); pass --bands, "
+        "e.g. --bands 1,1,1 to repeat a grey band."
+    )
+
+
+def read_image(
+    path: str | Path, bands: tuple[int, int, int] | None = None, stretch: str = "percentile"
+) -> RasterImage:
+    """Read an image as 8-bit RGB with its validity mask and georeferencing.
+
+    Args:
+        path: GeoTIFF, PNG or JPEG file.
+        bands: 1-based bands for R, G, B (GeoTIFF only); see the module docstring.
+        stretch: 8-bit scaling rule for non-uint8 rasters (see the module docstring).
+
+    Returns:
+        The image.
+
+    Raises:
+        InputError: see :func:`check_image`; also unreadable pixel data.
+    """
+    path = Path(path)
+    chosen = check_image(path, bands)
+    if chosen is None:
+        try:
+            with Image.open(path) as picture:
+                rgb = np.asarray(picture.convert("RGB"))
+        except Exception as error:
+            raise InputError(f"{path}: the pixel data cannot be decoded ({error}).") from None
+        return RasterImage(path=path, rgb=rgb, valid=np.ones(rgb.shape[:2], bool))
+    try:
+        with rasterio.open(path) as dataset:
+            data = dataset.read(list(chosen))
+            valid = dataset.dataset_mask() > 0
+            crs, transform = dataset.crs, dataset.transform
+    except RasterioError as error:
+        raise InputError(f"{path}: the pixel data is corrupt or truncated and cannot be read ({error}).") from None
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    rgb = to_uint8(data, valid, stretch, path)
+    return RasterImage(
+        path=path,
+        rgb=np.ascontiguousarray(rgb.transpose(1, 2, 0)),
+        valid=valid,
+        crs=crs,
+        transform=transform if crs is not None else None,
+        bands=chosen,
+    )
+
+
+def to_uint8(data: np.ndarray, valid: np.ndarray, stretch: str, path: Path | str = "image") -> np.ndarray:
+    """Scale ``[3, H, W]`` band data to uint8 by the ``stretch`` rule.
+
+    Raises:
+        InputError: an unknown rule.
+    """
+    if data.dtype == np.uint8:
+        return data
+    values = data.astype(np.float64)
+    out = np.empty(data.shape, np.uint8)
+    rule = stretch.strip().lower()
+    for b in range(values.shape[0]):
+        band = values[b]
+        sample = band[valid]
+        if sample.size > 1_000_000:
+            sample = sample[:: sample.size // 1_000_000]
+        if rule == "none":
+            low, high = 0.0, 255.0
+        elif sample.size == 0:
+            low, high = 0.0, 1.0
+        elif rule == "percentile":
+            low, high = np.percentile(sample, [2, 98])
+        elif rule == "minmax":
+            low, high = float(sample.min()), float(sample.max())
+        else:
+            try:
+                low, high = (float(v) for v in rule.split(","))
+            except ValueError:
+                raise InputError(
+                    f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH."
+                ) from None
+        if high <= low:  # no spread: fall back to the type's range
+            low, high = 0.0, float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else 1.0
+        scale = 255.0 / (high - low)
+        out[b] = np.clip(np.round((np.nan_to_num(band) - low) * scale), 0, 255).astype(np.uint8)
+    return out
+
+
+def write_labels(path: str | Path, labels: np.ndarray, image: RasterImage, colors: np.ndarray) -> None:
+    """Write class labels: a GeoTIFF keeping CRS and transform, else a palette PNG.
+
+    Args:
+        path: output file (``.tif`` for georeferenced input, ``.png`` otherwise).
+        labels: ``[H, W]`` uint8; 255 marks nodata.
+        image: the source image (georeferencing).
+        colors: ``[K, 3]`` uint8 colour of each class (written as the colour table).
+    """
+    palette = {int(k): (*map(int, c), 255) for k, c in enumerate(colors)}
+    palette[NODATA_LABEL] = (0, 0, 0, 0)
+    with atomic_path(path) as temp:
+        if Path(path).suffix.lower() in RASTER_SUFFIXES:
+            profile = _geotiff_profile(labels.shape, image, count=1, dtype="uint8")
+            with rasterio.open(temp, "w", nodata=NODATA_LABEL, **profile) as out:
+                out.write(labels, 1)
+                out.write_colormap(1, palette)
+        else:
+            picture = Image.fromarray(labels, mode="P")
+            flat = np.zeros((256, 3), np.uint8)
+            flat[: len(colors)] = colors
+            picture.putpalette(flat.ravel().tolist())
+            picture.save(temp, format="PNG")
+
+
+def write_probs(path: str | Path, probs: np.ndarray, names: list[str], image: RasterImage) -> None:
+    """Write class logits as a float32 GeoTIFF, one band per class named after it.
+
+    Args:
+        path: output ``.tif``.
+        probs: ``[K, H, W]`` float32.
+        names: ``K`` band descriptions.
+        image: the source image (georeferencing, if any).
+    """
+    with atomic_path(path) as temp:
+        profile = _geotiff_profile(probs.shape[1:], image, count=probs.shape[0], dtype="float32")
+        with rasterio.open(temp, "w", **profile) as out:
+            out.write(probs.astype(np.float32))
+            for band, name in enumerate(names, start=1):
+                out.set_band_description(band, name)
+
+
+def _geotiff_profile(shape: tuple[int, ...], image: RasterImage, count: int, dtype: str) -> dict:
+    height, width = int(shape[0]), int(shape[1])
+    profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, compress="deflate")
+    if height >= 256 and width >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    if image.crs is not None:
+        profile.update(crs=image.crs, transform=image.transform)
+    return profile

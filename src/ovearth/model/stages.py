@@ -1,0 +1,310 @@
+"""SAM 3's detector forward, split into named stages.
+
+``transformers.Sam3Model.forward`` runs everything for one batch of (image, prompt)
+pairs. For semantic segmentation with many class names we want each stage run once at
+the right granularity, so this module calls the model's own sub-modules in the same
+order, with the same arguments:
+
+======================  ===========================================  =================
+stage                   computes                                     runs
+======================  ===========================================  =================
+``encode_images``       ViT backbone + FPN neck (levels 4x, 2x, 1x)  once per view
+``encode_text``         CLIP text encoder + projection               once per prompt
+``fuse``                DETR fusion encoder (image tokens x text)    per view x prompt
+``decode``              DETR decoder: query scores and presence      per view x prompt
+``pixel_embed``         mask decoder prompt cross-attn + pixel FPN   per view x prompt
+``semantic_logits``     semantic head on the pixel embedding         per view x prompt
+``instance_logits``     mask logits for selected queries only        per kept query
+======================  ===========================================  =================
+
+Nothing here re-implements a layer: each stage is a thin call of ``Sam3Model``'s
+sub-modules, so converted or fine-tuned weights behave exactly as in ``Sam3Model``.
+The fourth FPN level (0.5x) that ``Sam3Model`` computes and then discards is skipped.
+
+Between ``fuse`` and the two consumers of its tokens (``decode`` and ``pixel_embed``)
+sits the refinement seam: callers may hand different token tensors to each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import Sam3Model
+from transformers.masking_utils import create_bidirectional_mask
+
+
+@dataclass
+class VisionFeatures:
+    """Backbone features of a batch of views.
+
+    Attributes:
+        levels: FPN levels used by the detector, fine to coarse:
+            ``[V, C, 4h, 4w]``, ``[V, C, 2h, 2w]``, ``[V, C, h, w]`` (``h = w = 72`` for
+            a 1008 input with patch 14).
+        pos: sine position encodings matching ``levels`` (same shapes).
+    """
+
+    levels: list[Tensor]
+    pos: list[Tensor]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(h, w)`` of the patch-token grid (the coarsest level)."""
+        return int(self.levels[-1].shape[-2]), int(self.levels[-1].shape[-1])
+
+    def view(self, index: int) -> VisionFeatures:
+        """Features of one view, keeping a batch axis of size 1."""
+        return VisionFeatures(
+            levels=[t[index : index + 1] for t in self.levels],
+            pos=[t[index : index + 1] for t in self.pos],
+        )
+
+
+@dataclass
+class TextFeatures:
+    """Projected text features of a batch of prompts.
+
+    Attributes:
+        features: ``[P, T, C]`` text tokens projected to the detector width.
+        mask: ``[P, T]`` bool, True on real tokens, False on padding.
+    """
+
+    features: Tensor
+    mask: Tensor
+
+    def select(self, index: slice | Tensor | list[int]) -> TextFeatures:
+        """A subset of prompts, in the given order."""
+        return TextFeatures(self.features[index], self.mask[index])
+
+    @staticmethod
+    def cat(parts: list[TextFeatures]) -> TextFeatures:
+        """Concatenate prompt batches along the prompt axis."""
+        return TextFeatures(torch.cat([p.features for p in parts]), torch.cat([p.mask for p in parts]))
+
+
+@dataclass
+class FusedTokens:
+    """Output of the fusion encoder for ``B`` (view, prompt) pairs.
+
+    Attributes:
+        tokens: ``[B, N, C]`` image tokens after fusion with the prompt (``N = h * w``).
+        pos: ``[B, N, C]`` flattened position encodings of the tokens.
+        text: ``[B, T, C]`` text features as the encoder passes them on.
+        text_mask: ``[B, T]`` bool padding mask of ``text``.
+        spatial_shapes: ``[1, 2]`` long, the grid ``(h, w)`` as the decoder expects it.
+    """
+
+    tokens: Tensor
+    pos: Tensor
+    text: Tensor
+    text_mask: Tensor
+    spatial_shapes: Tensor
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(h, w)`` of the token grid."""
+        return int(self.spatial_shapes[0, 0]), int(self.spatial_shapes[0, 1])
+
+
+@dataclass
+class DecoderOutput:
+    """Last-layer decoder outputs for ``B`` (view, prompt) pairs.
+
+    Attributes:
+        queries: ``[B, Q, C]`` normalised query states of the last layer.
+        query_logits: ``[B, Q]`` class logits (dot product with the pooled prompt).
+        presence_logits: ``[B]`` presence logit of the last layer.
+    """
+
+    queries: Tensor
+    query_logits: Tensor
+    presence_logits: Tensor
+
+    def scores(self) -> tuple[Tensor, Tensor]:
+        """SAM 3 instance scores.
+
+        Returns:
+            ``(scores [B, Q], presence [B])`` with ``presence = sigmoid(presence_logit)``
+            and ``scores = sigmoid(query_logit) * presence``.
+        """
+        presence = self.presence_logits.sigmoid()
+        return self.query_logits.sigmoid() * presence[:, None], presence
+
+
+class Sam3Stages:
+    """Run ``Sam3Model``'s detector stage by stage.
+
+    Args:
+        model: a ``transformers.Sam3Model`` in eval mode. Its device and dtype are used
+            for every stage; nothing here names a device.
+    """
+
+    def __init__(self, model: Sam3Model) -> None:
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's parameters."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        """Square input size the backbone expects (1008 for SAM 3)."""
+        size = self.model.config.vision_config.backbone_config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    def encode_images(self, pixel_values: Tensor) -> VisionFeatures:
+        """ViT backbone and the three FPN levels the detector reads.
+
+        Args:
+            pixel_values: ``[V, 3, S, S]`` normalised images, ``S = image_size``.
+
+        Returns:
+            Features of the ``V`` views.
+        """
+        vision = self.model.vision_encoder
+        hidden = vision.backbone(pixel_values).last_hidden_state  # [V, h*w, D]
+        patch = vision.config.backbone_config.patch_size
+        h, w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+        spatial = hidden.view(hidden.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        neck = vision.neck
+        levels, pos = [], []
+        for layer in neck.fpn_layers[:-1]:  # the 0.5x level is unused by the detector
+            level = layer(spatial)
+            levels.append(level)
+            pos.append(neck.position_encoding(level.shape, level.device, level.dtype))
+        return VisionFeatures(levels=levels, pos=pos)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        """CLIP text encoder plus the projection to the detector width.
+
+        Args:
+            input_ids: ``[P, T]`` token ids.
+            attention_mask: ``[P, T]`` 1 on real tokens, 0 on padding.
+
+        Returns:
+            Text features of the ``P`` prompts.
+        """
+        out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return TextFeatures(features=out.pooler_output, mask=attention_mask.bool())
+
+    def fuse(self, vision: VisionFeatures, text: TextFeatures) -> FusedTokens:
+        """Fusion encoder: the coarsest image level attends to each prompt.
+
+        Args:
+            vision: features of ONE view (batch 1) or of ``B`` views (batch ``B``).
+            text: ``B`` prompts; a single view is broadcast to all of them.
+
+        Returns:
+            Fused tokens of the ``B`` (view, prompt) pairs.
+        """
+        batch = text.features.shape[0]
+        level, pos = vision.levels[-1], vision.pos[-1]
+        if level.shape[0] != batch:
+            level = level.expand(batch, -1, -1, -1)
+            pos = pos.expand(batch, -1, -1, -1)
+        out = self.model.detr_encoder(
+            vision_features=[level],
+            text_features=text.features,
+            vision_pos_embeds=[pos],
+            text_mask=text.mask,
+        )
+        return FusedTokens(
+            tokens=out.last_hidden_state,
+            pos=out.pos_embeds_flattened,
+            text=out.text_features,
+            text_mask=text.mask,
+            spatial_shapes=out.spatial_shapes,
+        )
+
+    def decode(self, fused: FusedTokens, tokens: Tensor | None = None) -> DecoderOutput:
+        """DETR decoder (queries + presence token) and dot-product query scoring.
+
+        Args:
+            fused: fusion-encoder output.
+            tokens: ``[B, N, C]`` image tokens to attend to; ``fused.tokens`` if None
+                (the refinement seam: pass refined tokens here).
+
+        Returns:
+            Last-layer query states, query logits and presence logits.
+        """
+        model = self.model
+        out = model.detr_decoder(
+            vision_features=fused.tokens if tokens is None else tokens,
+            text_features=fused.text,
+            vision_pos_encoding=fused.pos,
+            text_mask=fused.text_mask,
+            spatial_shapes=fused.spatial_shapes,
+        )
+        last = out.intermediate_hidden_states[-1:]  # [1, B, Q, C]: scoring is per layer
+        logits = model.dot_product_scoring(
+            decoder_hidden_states=last, text_features=fused.text, text_mask=fused.text_mask
+        )
+        return DecoderOutput(
+            queries=last[0],
+            query_logits=logits[0, ..., 0],
+            presence_logits=out.presence_logits[-1, :, 0],
+        )
+
+    def pixel_embed(self, vision: VisionFeatures, fused: FusedTokens, tokens: Tensor | None = None) -> Tensor:
+        """Mask decoder up to the pixel embedding.
+
+        The fused tokens are the *query* of a cross-attention to the prompt; the result is
+        added back as a residual, reshaped to the grid and used as the coarsest level of
+        the pixel decoder (FPN 4x / 2x / 1x), as in ``Sam3MaskDecoder``.
+
+        Args:
+            vision: features of one view (batch 1, broadcast) or of ``B`` views.
+            fused: fusion-encoder output for ``B`` pairs (gives the prompt features).
+            tokens: ``[B, N, C]`` tokens to use instead of ``fused.tokens`` (refinement seam).
+
+        Returns:
+            ``[B, C, 4h, 4w]`` pixel embedding.
+        """
+        dec = self.model.mask_decoder
+        hidden = fused.tokens if tokens is None else tokens
+        normed = dec.prompt_cross_attn_norm(hidden)
+        attn_mask = create_bidirectional_mask(
+            config=dec.config,
+            inputs_embeds=normed,
+            encoder_hidden_states=fused.text,
+            attention_mask=fused.text_mask,
+        )
+        attended, _ = dec.prompt_cross_attn(query=normed, key=fused.text, value=fused.text, attention_mask=attn_mask)
+        hidden = hidden + dec.prompt_cross_attn_dropout(attended)
+        h, w = fused.grid
+        coarse = hidden.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[2], h, w)
+        # Broadcasting adds the shared finer levels (batch 1) to every prompt's pyramid.
+        return dec.pixel_decoder([*vision.levels[:-1], coarse])
+
+    def semantic_logits(self, pixel_embed: Tensor) -> Tensor:
+        """Semantic head: ``[B, C, H, W] -> [B, H, W]`` logits."""
+        return self.model.mask_decoder.semantic_projection(pixel_embed)[:, 0]
+
+    def instance_logits(self, pixel_embed: Tensor, queries: Tensor) -> Tensor:
+        """Mask logits of selected queries.
+
+        Args:
+            pixel_embed: ``[C, H, W]`` pixel embedding of one (view, prompt) pair, or
+                ``[B, C, H, W]`` with ``queries`` ``[B, K, C]``.
+            queries: ``[K, C]`` (or ``[B, K, C]``) decoder query states to turn into masks.
+
+        Returns:
+            ``[K, H, W]`` (or ``[B, K, H, W]``) mask logits, equal to the rows of
+            ``Sam3MaskDecoder``'s ``pred_masks`` for those queries.
+        """
+        dec = self.model.mask_decoder
+        batched = pixel_embed.dim() == 4
+        embed = pixel_embed if batched else pixel_embed[None]
+        instance = dec.instance_projection(embed)
+        mask_embed = dec.mask_embedder(queries if batched else queries[None])
+        masks = torch.einsum("bqc,bchw->bqhw", mask_embed, instance)
+        return masks if batched else masks[0]
+

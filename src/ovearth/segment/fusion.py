@@ -1,0 +1,77 @@
+"""SegEarth-OV3's rules that turn SAM 3 outputs into per-name logits and labels.
+
+Per view and prompt name ``q`` (see ``SEGEARTH_OV3.md``):
+
+* instances: ``s_j = sigmoid(query_logit_j) * presence``, kept when ``s_j > confidence``;
+  ``m_j = sigmoid(resize(mask_logit_j, view))``; ``inst = max(0, max_j m_j * s_j)``;
+* semantic: ``sem = sigmoid(resize(semantic_logit, view))``;
+* ``logit_q = max(inst, sem) * presence`` (each term switchable).
+
+Per image: class logit = max over its names; label = argmax over classes, set to
+``bg_idx`` where the max logit is below ``prob_thd``. Resizes are bilinear with
+``align_corners=False``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize (align_corners=False) of ``[B, h, w]`` maps to ``[B, H, W]``."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def semantic_probs(semantic_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """``sigmoid(resize(semantic_logits))``: ``[B, h, w] -> [B, H, W]``."""
+    return resize(semantic_logits, size).sigmoid()
+
+
+def instance_max(mask_logits: Tensor, scores: Tensor, size: tuple[int, int], chunk: int = 16) -> Tensor:
+    """``max(0, max_j sigmoid(resize(mask_logits_j)) * scores_j)``.
+
+    Vectorised over instances, in chunks of ``chunk`` so memory stays at
+    ``chunk * H * W`` floats however many instances are kept.
+
+    Args:
+        mask_logits: ``[K, h, w]`` mask logits of the kept instances (``K`` may be 0).
+        scores: ``[K]`` their scores.
+        size: ``(H, W)`` of the view.
+        chunk: instances resized at once.
+
+    Returns:
+        ``[H, W]`` instance term (zeros when ``K == 0``).
+    """
+    out = torch.zeros(size, dtype=mask_logits.dtype, device=mask_logits.device)
+    for start in range(0, mask_logits.shape[0], chunk):
+        probs = resize(mask_logits[start : start + chunk], size).sigmoid_()
+        probs.mul_(scores[start : start + chunk, None, None])
+        out = torch.maximum(out, probs.amax(dim=0))
+    return out
+
+
+def names_to_classes(name_logits: Tensor, name_class: list[int], num_classes: int) -> Tensor:
+    """Class logit = max over the class's names: ``[P, H, W] -> [K, H, W]``."""
+    rows: list[list[int]] = [[] for _ in range(num_classes)]
+    for name, k in enumerate(name_class):
+        rows[k].append(name)
+    return torch.stack([name_logits[r].amax(dim=0) for r in rows])
+
+def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Tensor:
+    """``argmax`` over classes; ``bg_idx`` where the max logit ``< prob_thd``.
+
+    Args:
+        class_logits: ``[K, H, W]``.
+        prob_thd: background threshold.
+        bg_idx: label given to low-confidence pixels.
+
+    Returns:
+        ``[H, W]`` int64 labels.
+    """
+    best, labels = class_logits.max(dim=0)
+    # torch.max returns the first maximal index on ties, like argmax.
+    return labels.masked_fill_(best < prob_thd, bg_idx)

@@ -1,0 +1,76 @@
+"""Settings of a segmentation run: SegEarth-OV3's switches and thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from .windows import check_slide
+
+MODES = ("fast", "reference")
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How per-name SAM 3 outputs become labels (defaults: the reference segmentor's).
+
+    Attributes:
+        confidence_threshold: keep instance ``j`` when ``s_j > confidence_threshold``.
+        prob_thd: pixels whose best class logit is below this get ``bg_idx``.
+        bg_idx: label of low-confidence pixels.
+        slide_crop: sliding-window side in pixels (0: one view of the whole image).
+        slide_stride: sliding-window step in pixels.
+        use_instances: use the instance (transformer decoder) term.
+        use_semantic: use the semantic head term.
+        use_presence: multiply by the presence score.
+        mode: ``"fast"`` (staged, batched) or ``"reference"`` (plain per-name loop).
+        prompt_batch: prompts run through fusion / decoder / mask decoder at once
+            (bounds memory; does not change results).
+        view_batch: views run through the backbone at once.
+    """
+
+    confidence_threshold: float = 0.5
+    prob_thd: float = 0.0
+    bg_idx: int = 0
+    slide_crop: int = 0
+    slide_stride: int = 0
+    use_instances: bool = True
+    use_semantic: bool = True
+    use_presence: bool = True
+    mode: str = "fast"
+    prompt_batch: int = 16
+    view_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise InputError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}.")
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'.")
+        if self.prompt_batch < 1 or self.view_batch < 1:
+            raise InputError(
+                f"prompt_batch and view_batch must be >= 1, got {self.prompt_batch} and {self.view_batch}."
+            )
+        if self.bg_idx < 0:
+            raise InputError(f"bg_idx must be >= 0, got {self.bg_idx}.")
+        check_slide(self.slide_crop, self.slide_stride)
+
+    def replace(self, **changes: Any) -> SegmentSettings:
+        """A copy with some fields changed (unknown names raise InputError)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InputError(f"Unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for results files."""
+        return dataclasses.asdict(self)
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The fields that change outputs (batch sizes excluded), for cache keys."""
+        data = self.to_dict()
+        for key in ("prompt_batch", "view_batch"):
+            data.pop(key)
+        return data

@@ -1,0 +1,85 @@
+"""Class vocabularies: one class per entry, synonyms merged by max.
+
+A vocabulary is written ``"building,roof,house;road;tree"``: classes separated by
+``;`` (or given as a list), synonyms of one class separated by ``,``. Every name is
+prompted separately; a class's logit is the max over its names (SegEarth-OV3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..constants import NODATA_LABEL
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Ordered classes, each with one or more prompt names.
+
+    Attributes:
+        classes: ``K`` tuples of names; the first name labels the class.
+    """
+
+    classes: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[str | Sequence[str]]) -> Vocabulary:
+        """Build a vocabulary from ``"a,b;c"`` or ``["a,b", "c"]`` or ``[["a", "b"], ["c"]]``.
+
+        Raises:
+            InputError: empty vocabulary, empty name, duplicate name, or more classes
+                than the label format holds.
+        """
+        if isinstance(spec, str):
+            if not spec.strip():
+                raise InputError("The class list is empty; give classes like 'building,house;road;tree'.")
+            entries: list[str | Sequence[str]] = spec.split(";")
+        else:
+            entries = list(spec)
+        if not entries:
+            raise InputError("The class list is empty; give classes like 'building,house;road;tree'.")
+        classes = []
+        for entry in entries:
+            raw = entry.split(",") if isinstance(entry, str) else list(entry)
+            names = tuple(" ".join(str(name).split()) for name in raw)
+            if not any(names):
+                raise InputError(f"The class list '{spec}' has an empty class (look for ';;' or a trailing ';').")
+            if not all(names):
+                raise InputError(f"The class '{entry}' has an empty name (look for ',,' or a trailing ',').")
+            classes.append(names)
+        seen: dict[str, int] = {}
+        for index, names in enumerate(classes):
+            for name in names:
+                key = name.lower()
+                if key in seen:
+                    raise InputError(
+                        f"The class name '{name}' appears twice (classes {seen[key]} and {index}); "
+                        "each name may be used once."
+                    )
+                seen[key] = index
+        if len(classes) >= NODATA_LABEL:
+            raise InputError(f"{len(classes)} classes given; at most {NODATA_LABEL - 1} fit the label format.")
+        return cls(tuple(classes))
+
+    @property
+    def names(self) -> list[str]:
+        """All prompt names, class by class (``P`` names)."""
+        return [name for names in self.classes for name in names]
+
+    @property
+    def name_class(self) -> list[int]:
+        """For each prompt name, the index of its class (length ``P``)."""
+        return [k for k, names in enumerate(self.classes) for _ in names]
+
+    @property
+    def labels(self) -> list[str]:
+        """Display name of each class (its first name)."""
+        return [names[0] for names in self.classes]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __str__(self) -> str:
+        return ";".join(",".join(names) for names in self.classes)
