@@ -23,8 +23,11 @@ from .constants import DEFAULT_MODEL
 from .data.atomic import write_text_atomic
 from .errors import InputError, OvearthError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Open-vocabulary segmentation of "
-                  "remote-sensing images with SAM 3 (SegEarth-OV3, exact and fast).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Open-vocabulary segmentation of remote-sensing images with SAM 3 (SegEarth-OV3, exact and fast).",
+)
 err = Console(stderr=True)
 logger = logging.getLogger("ovearth")
 
@@ -34,6 +37,7 @@ def resolve_device(spec: str) -> str:
 
     Raises:
         InputError: an unknown device, or CUDA asked for but absent.
+
     """
     import torch
 
@@ -59,27 +63,44 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.command()
 def segment(
-    images: Annotated[list[Path], typer.Argument(help="Image files (GeoTIFF, PNG, JPEG) or folders of them.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (GeoTIFF, PNG, JPEG) or folders of them.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
     classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Dataset protocol (classes and thresholds), "
-                                                     "e.g. loveda; see `ovearth datasets`.")] = None,
-    model: Annotated[str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")] = DEFAULT_MODEL,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Dataset protocol (classes and thresholds), e.g. loveda; see `ovearth datasets`."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     mode: Annotated[str, typer.Option(help="fast, or reference (the plain per-name loop).")] = "fast",
-    confidence_threshold: Annotated[float | None, typer.Option(help="Keep instances scoring above this.")] = None,
-    prob_thd: Annotated[float | None, typer.Option(help="Pixels with max logit below this get --bg-idx.")] = None,
+    confidence_threshold: Annotated[
+        float | None, typer.Option(help="Keep instances scoring above this.")
+    ] = None,
+    prob_thd: Annotated[
+        float | None, typer.Option(help="Pixels with max logit below this get --bg-idx.")
+    ] = None,
     bg_idx: Annotated[int | None, typer.Option(help="Label of low-confidence pixels.")] = None,
     slide_crop: Annotated[int | None, typer.Option(help="Sliding-window size (0: whole image).")] = None,
     slide_stride: Annotated[int | None, typer.Option(help="Sliding-window step.")] = None,
-    instances: Annotated[bool | None, typer.Option("--instances/--no-instances", help="Instance term.")] = None,
+    instances: Annotated[
+        bool | None, typer.Option("--instances/--no-instances", help="Instance term.")
+    ] = None,
     semantic: Annotated[bool | None, typer.Option("--semantic/--no-semantic", help="Semantic term.")] = None,
-    presence: Annotated[bool | None, typer.Option("--presence/--no-presence", help="Presence factor.")] = None,
+    presence: Annotated[
+        bool | None, typer.Option("--presence/--no-presence", help="Presence factor.")
+    ] = None,
     prompt_batch: Annotated[int, typer.Option(help="Prompts per batch (memory bound).")] = 16,
     bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
-    stretch: Annotated[str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, "
-                                              "none, or LOW,HIGH.")] = "percentile",
-    probs: Annotated[bool, typer.Option("--probs", help="Also write per-class logits (<stem>_probs.tif).")] = False,
+    stretch: Annotated[
+        str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
+    ] = "percentile",
+    probs: Annotated[
+        bool, typer.Option("--probs", help="Also write per-class logits (<stem>_probs.tif).")
+    ] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Segment images; write labels, overlays and (with --probs) class logits into -o."""
@@ -98,11 +119,18 @@ def segment(
     else:
         vocabulary, base = Vocabulary.parse(classes or ""), SegmentSettings()
     overrides = dict(
-        confidence_threshold=confidence_threshold, prob_thd=prob_thd, bg_idx=bg_idx, slide_crop=slide_crop,
-        slide_stride=slide_stride, use_instances=instances, use_semantic=semantic, use_presence=presence,
+        confidence_threshold=confidence_threshold,
+        prob_thd=prob_thd,
+        bg_idx=bg_idx,
+        slide_crop=slide_crop,
+        slide_stride=slide_stride,
+        use_instances=instances,
+        use_semantic=semantic,
+        use_presence=presence,
     )
-    settings = base.replace(mode=mode, prompt_batch=prompt_batch,
-                            **{k: v for k, v in overrides.items() if v is not None})
+    settings = base.replace(
+        mode=mode, prompt_batch=prompt_batch, **{k: v for k, v in overrides.items() if v is not None}
+    )
     band_choice = parse_bands(bands)
     files = collect_images(images)
     for file in files:  # fail on any bad input before the model loads or anything is written
@@ -116,17 +144,29 @@ def segment(
     loaded.model.to(device_name)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
     results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=False, disable=not err.is_terminal) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    ) as progress:
         task = progress.add_task("segmenting", total=len(files))
         for file in files:
             progress.update(task, description=file.name)
             prediction, written = segment_file(segmentor, file, output, band_choice, stretch, probs)
-            results.append({
-                "image": str(file),
-                "outputs": {k: str(v) for k, v in written.items()},
-                "presence": dict(zip(prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()])),
-            })
+            results.append(
+                {
+                    "image": str(file),
+                    "outputs": {k: str(v) for k, v in written.items()},
+                    "presence": {
+                        name: round(value, 4)
+                        for name, value in zip(prediction.class_names, prediction.presence.tolist(), strict=True)
+                    },
+                }
+            )
             progress.advance(task)
     record = {
         "ovearth": __version__,
@@ -170,8 +210,10 @@ def datasets() -> None:
     for name in list_protocols():
         p = load_protocol(name)
         s = p.settings
-        typer.echo(f"{name:14s} {p.title:22s} {len(p.vocabulary):2d} classes  conf={s.confidence_threshold} "
-                   f"prob_thd={s.prob_thd} bg={s.bg_idx} slide={s.slide_crop}/{s.slide_stride}")
+        typer.echo(
+            f"{name:14s} {p.title:22s} {len(p.vocabulary):2d} classes  conf={s.confidence_threshold} "
+            f"prob_thd={s.prob_thd} bg={s.bg_idx} slide={s.slide_crop}/{s.slide_stride}"
+        )
 
 
 @app.command()

@@ -10,10 +10,26 @@ from .constants import NODATA_LABEL
 #: Distinct colours (Tableau 20 order, strong colours first), repeated beyond 20 classes.
 _BASE_COLORS = np.array(
     [
-        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-        (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-        (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-        (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+        (174, 199, 232),
+        (255, 187, 120),
+        (152, 223, 138),
+        (255, 152, 150),
+        (197, 176, 213),
+        (196, 156, 148),
+        (247, 182, 210),
+        (199, 199, 199),
+        (219, 219, 141),
+        (158, 218, 229),
     ],
     dtype=np.uint8,
 )
@@ -40,6 +56,7 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float 
     Returns:
         An RGB picture, downscaled so its longest image side is at most
         :data:`MAX_OVERLAY_SIDE`.
+
     """
     colors = palette(len(names))
     nodata = labels == NODATA_LABEL
@@ -53,7 +70,9 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float 
     return _with_legend(picture, names, colors, present=set(np.unique(labels[~nodata]).tolist()))
 
 
-def _with_legend(picture: Image.Image, names: list[str], colors: np.ndarray, present: set[int]) -> Image.Image:
+def _with_legend(
+    picture: Image.Image, names: list[str], colors: np.ndarray, present: set[int]
+) -> Image.Image:
     font = ImageFont.load_default()
     row, pad, swatch = 18, 8, 12
     width = pad * 3 + swatch + max(int(font.getlength(f"{n} (absent)")) for n in names)
@@ -63,7 +82,11 @@ def _with_legend(picture: Image.Image, names: list[str], colors: np.ndarray, pre
     draw = ImageDraw.Draw(canvas)
     for k, name in enumerate(names):
         x, y = picture.width + pad, pad + k * row
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in colors[k]), outline=(0, 0, 0))
+        draw.rectangle(
+            [x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in colors[k]), outline=(0, 0, 0)
+        )
         label = name if k in present else f"{name} (absent)"
-        draw.text((x + swatch + pad, y), label, fill=(0, 0, 0) if k in present else (150, 150, 150), font=font)
+        draw.text(
+            (x + swatch + pad, y), label, fill=(0, 0, 0) if k in present else (150, 150, 150), font=font
+        )
     return canvas

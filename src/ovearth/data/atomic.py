@@ -22,6 +22,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
     Yields:
         The temporary path to write to.
+
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ class DatasetProtocol:
         report: for binary sets, the class whose IoU is the headline number.
         layout: folder layout under the data root.
         source: the YAML file it came from.
+
     """
 
     name: str
@@ -83,6 +84,7 @@ def load_protocol(name_or_path: str | Path) -> DatasetProtocol:
     Raises:
         InputError: unknown name (with the closest names), unreadable file, or a file
             that does not follow the schema (naming the field).
+
     """
     text = str(name_or_path)
     path = Path(text)
@@ -109,7 +111,9 @@ def _section(data: dict, key: str, allowed: set[str], path: Path, required: set[
         raise InputError(f"{path}: '{key}' must be a mapping.")
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise InputError(f"{path}: unknown field '{key}.{unknown[0]}'; allowed: {', '.join(sorted(allowed))}.")
+        raise InputError(
+            f"{path}: unknown field '{key}.{unknown[0]}'; allowed: {', '.join(sorted(allowed))}."
+        )
     missing = sorted(required - set(value))
     if missing:
         raise InputError(f"{path}: missing field '{key}.{missing[0]}'.")

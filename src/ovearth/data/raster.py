@@ -47,6 +47,7 @@ class RasterImage:
         crs: coordinate reference system, or None.
         transform: affine geotransform, or None.
         bands: the 1-based bands read as R, G, B (None for PNG/JPEG).
+
     """
 
     path: Path
@@ -67,6 +68,7 @@ def parse_bands(spec: str | tuple[int, ...] | None) -> tuple[int, int, int] | No
 
     Raises:
         InputError: not three positive integers.
+
     """
     if spec is None:
         return None
@@ -93,6 +95,7 @@ def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> 
     Raises:
         InputError: missing file, unsupported type, unreadable header, or a band
             choice the file cannot satisfy.
+
     """
     path = Path(path)
     if not path.is_file():
@@ -151,6 +154,7 @@ def read_image(
 
     Raises:
         InputError: see :func:`check_image`; also unreadable pixel data.
+
     """
     path = Path(path)
     chosen = check_image(path, bands)
@@ -167,7 +171,9 @@ def read_image(
             valid = dataset.dataset_mask() > 0
             crs, transform = dataset.crs, dataset.transform
     except RasterioError as error:
-        raise InputError(f"{path}: the pixel data is corrupt or truncated and cannot be read ({error}).") from None
+        raise InputError(
+            f"{path}: the pixel data is corrupt or truncated and cannot be read ({error})."
+        ) from None
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     rgb = to_uint8(data, valid, stretch, path)
@@ -186,6 +192,7 @@ def to_uint8(data: np.ndarray, valid: np.ndarray, stretch: str, path: Path | str
 
     Raises:
         InputError: an unknown rule.
+
     """
     if data.dtype == np.uint8:
         return data
@@ -227,6 +234,7 @@ def write_labels(path: str | Path, labels: np.ndarray, image: RasterImage, color
         labels: ``[H, W]`` uint8; 255 marks nodata.
         image: the source image (georeferencing).
         colors: ``[K, 3]`` uint8 colour of each class (written as the colour table).
+
     """
     palette = {int(k): (*map(int, c), 255) for k, c in enumerate(colors)}
     palette[NODATA_LABEL] = (0, 0, 0, 0)
@@ -252,6 +260,7 @@ def write_probs(path: str | Path, probs: np.ndarray, names: list[str], image: Ra
         probs: ``[K, H, W]`` float32.
         names: ``K`` band descriptions.
         image: the source image (georeferencing, if any).
+
     """
     with atomic_path(path) as temp:
         profile = _geotiff_profile(probs.shape[1:], image, count=probs.shape[0], dtype="float32")

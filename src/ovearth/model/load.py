@@ -48,6 +48,7 @@ class LoadedModel:
         tokenizer: the tokenizer to use with it.
         source: what was loaded (hub id or path), as given.
         fingerprint: short hash identifying the weights (see :func:`fingerprint_files`).
+
     """
 
     model: Sam3Model
@@ -83,6 +84,7 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, attn_implementation: str = "
         ModelNotFoundError: the path does not exist, or the hub id is neither cached
             nor downloadable.
         CheckpointError: a file exists but is not a loadable SAM 3 checkpoint.
+
     """
     _quiet_transformers()
     text = str(spec)
@@ -101,7 +103,9 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, attn_implementation: str = "
     else:
         model, files = _load_hub(text, attn_implementation)
         tokenizer = load_tokenizer(text)
-    return LoadedModel(model=model.eval(), tokenizer=tokenizer, source=text, fingerprint=fingerprint_files(files))
+    return LoadedModel(
+        model=model.eval(), tokenizer=tokenizer, source=text, fingerprint=fingerprint_files(files)
+    )
 
 
 def _load_directory(path: Path, attn_implementation: str) -> Sam3Model:
@@ -111,13 +115,17 @@ def _load_directory(path: Path, attn_implementation: str) -> Sam3Model:
             "pass a directory written by Sam3Model.save_pretrained or `ovearth make-tiny-model`."
         )
     if not any(path.glob("*.safetensors")):
-        raise CheckpointError(f"'{path}' has no .safetensors weights; only safetensors directories are loaded.")
+        raise CheckpointError(
+            f"'{path}' has no .safetensors weights; only safetensors directories are loaded."
+        )
     try:
         return Sam3Model.from_pretrained(
             path, use_safetensors=True, attn_implementation=attn_implementation, local_files_only=True
         )
     except (OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"'{path}' could not be loaded as a SAM 3 model: {_first_line(error)}") from error
+        raise CheckpointError(
+            f"'{path}' could not be loaded as a SAM 3 model: {_first_line(error)}"
+        ) from error
 
 
 def _load_meta_file(path: Path, attn_implementation: str) -> Sam3Model:
@@ -131,7 +139,9 @@ def _load_meta_file(path: Path, attn_implementation: str) -> Sam3Model:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"'{path}' does not match the SAM 3 configuration: {_first_line(error)}") from error
+        raise CheckpointError(
+            f"'{path}' does not match the SAM 3 configuration: {_first_line(error)}"
+        ) from error
     return model
 
 
@@ -171,6 +181,7 @@ def fingerprint_files(files: list[Path]) -> str:
 
     Returns:
         16 hex digits (``"unknown"`` when no file is known).
+
     """
     if not files:
         return "unknown"

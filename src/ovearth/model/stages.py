@@ -44,6 +44,7 @@ class VisionFeatures:
             ``[V, C, 4h, 4w]``, ``[V, C, 2h, 2w]``, ``[V, C, h, w]`` (``h = w = 72`` for
             a 1008 input with patch 14).
         pos: sine position encodings matching ``levels`` (same shapes).
+
     """
 
     levels: list[Tensor]
@@ -69,6 +70,7 @@ class TextFeatures:
     Attributes:
         features: ``[P, T, C]`` text tokens projected to the detector width.
         mask: ``[P, T]`` bool, True on real tokens, False on padding.
+
     """
 
     features: Tensor
@@ -94,6 +96,7 @@ class FusedTokens:
         text: ``[B, T, C]`` text features as the encoder passes them on.
         text_mask: ``[B, T]`` bool padding mask of ``text``.
         spatial_shapes: ``[1, 2]`` long, the grid ``(h, w)`` as the decoder expects it.
+
     """
 
     tokens: Tensor
@@ -116,6 +119,7 @@ class DecoderOutput:
         queries: ``[B, Q, C]`` normalised query states of the last layer.
         query_logits: ``[B, Q]`` class logits (dot product with the pooled prompt).
         presence_logits: ``[B]`` presence logit of the last layer.
+
     """
 
     queries: Tensor
@@ -128,6 +132,7 @@ class DecoderOutput:
         Returns:
             ``(scores [B, Q], presence [B])`` with ``presence = sigmoid(presence_logit)``
             and ``scores = sigmoid(query_logit) * presence``.
+
         """
         presence = self.presence_logits.sigmoid()
         return self.query_logits.sigmoid() * presence[:, None], presence
@@ -139,6 +144,7 @@ class Sam3Stages:
     Args:
         model: a ``transformers.Sam3Model`` in eval mode. Its device and dtype are used
             for every stage; nothing here names a device.
+
     """
 
     def __init__(self, model: Sam3Model) -> None:
@@ -168,6 +174,7 @@ class Sam3Stages:
 
         Returns:
             Features of the ``V`` views.
+
         """
         vision = self.model.vision_encoder
         hidden = vision.backbone(pixel_values).last_hidden_state  # [V, h*w, D]
@@ -191,6 +198,7 @@ class Sam3Stages:
 
         Returns:
             Text features of the ``P`` prompts.
+
         """
         out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return TextFeatures(features=out.pooler_output, mask=attention_mask.bool())
@@ -204,6 +212,7 @@ class Sam3Stages:
 
         Returns:
             Fused tokens of the ``B`` (view, prompt) pairs.
+
         """
         batch = text.features.shape[0]
         level, pos = vision.levels[-1], vision.pos[-1]
@@ -234,6 +243,7 @@ class Sam3Stages:
 
         Returns:
             Last-layer query states, query logits and presence logits.
+
         """
         model = self.model
         out = model.detr_decoder(
@@ -267,6 +277,7 @@ class Sam3Stages:
 
         Returns:
             ``[B, C, 4h, 4w]`` pixel embedding.
+
         """
         dec = self.model.mask_decoder
         hidden = fused.tokens if tokens is None else tokens
@@ -277,7 +288,9 @@ class Sam3Stages:
             encoder_hidden_states=fused.text,
             attention_mask=fused.text_mask,
         )
-        attended, _ = dec.prompt_cross_attn(query=normed, key=fused.text, value=fused.text, attention_mask=attn_mask)
+        attended, _ = dec.prompt_cross_attn(
+            query=normed, key=fused.text, value=fused.text, attention_mask=attn_mask
+        )
         hidden = hidden + dec.prompt_cross_attn_dropout(attended)
         h, w = fused.grid
         coarse = hidden.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[2], h, w)
@@ -299,6 +312,7 @@ class Sam3Stages:
         Returns:
             ``[K, H, W]`` (or ``[B, K, H, W]``) mask logits, equal to the rows of
             ``Sam3MaskDecoder``'s ``pred_masks`` for those queries.
+
         """
         dec = self.model.mask_decoder
         batched = pixel_embed.dim() == 4
@@ -307,4 +321,3 @@ class Sam3Stages:
         mask_embed = dec.mask_embedder(queries if batched else queries[None])
         masks = torch.einsum("bqc,bchw->bqhw", mask_embed, instance)
         return masks if batched else masks[0]
-

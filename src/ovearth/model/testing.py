@@ -32,6 +32,7 @@ def tiny_config(image_size: int = 1008) -> Sam3Config:
 
     Returns:
         The configuration (random-weight models built from it are a few MB).
+
     """
     grid = image_size // 14
     window = 24 if grid % 24 == 0 else 8
@@ -61,7 +62,9 @@ def tiny_config(image_size: int = 1008) -> Sam3Config:
             vocab_size=49408,
             max_position_embeddings=32,
         ),
-        geometry_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        geometry_encoder_config=dict(
+            hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64
+        ),
         detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
         detr_decoder_config=dict(
             hidden_size=32, num_layers=2, num_queries=20, num_attention_heads=2, intermediate_size=64
@@ -84,6 +87,7 @@ def tiny_sam3(seed: int = 0, image_size: int = 1008) -> Sam3Model:
 
     Returns:
         The model (float32, CPU).
+
     """
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -107,6 +111,7 @@ def save_tiny_model(directory: str | Path, seed: int = 0, image_size: int = 1008
 
     Returns:
         The directory, loadable by ``ovearth.model.load_model``.
+
     """
     from transformers.utils import logging as hf_logging
 

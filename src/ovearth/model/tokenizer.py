@@ -72,6 +72,7 @@ def load_tokenizer(source: str | Path | None) -> PreTrainedTokenizerBase:
 
     Returns:
         A tokenizer; the built-in CLIP tokenizer when ``source`` has none.
+
     """
     if source is not None:
         path = Path(source)
@@ -103,6 +104,7 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> Tokens:
 
     Returns:
         ``[P, 32]`` ids and mask (CPU tensors).
+
     """
     enc = tokenizer(
         prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt"

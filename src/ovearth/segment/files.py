@@ -34,6 +34,7 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
 
     Raises:
         InputError: a path that does not exist, a folder without images, or no input.
+
     """
     files: list[Path] = []
     for item in inputs:
@@ -90,6 +91,7 @@ def segment_file(
 
     Raises:
         InputError: unreadable input.
+
     """
     image: RasterImage = read_image(path, bands=bands, stretch=stretch)
     if not image.valid.any():

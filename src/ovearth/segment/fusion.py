@@ -45,6 +45,7 @@ def instance_max(mask_logits: Tensor, scores: Tensor, size: tuple[int, int], chu
 
     Returns:
         ``[H, W]`` instance term (zeros when ``K == 0``).
+
     """
     out = torch.zeros(size, dtype=mask_logits.dtype, device=mask_logits.device)
     for start in range(0, mask_logits.shape[0], chunk):
@@ -61,6 +62,7 @@ def names_to_classes(name_logits: Tensor, name_class: list[int], num_classes: in
         rows[k].append(name)
     return torch.stack([name_logits[r].amax(dim=0) for r in rows])
 
+
 def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Tensor:
     """``argmax`` over classes; ``bg_idx`` where the max logit ``< prob_thd``.
 
@@ -71,6 +73,7 @@ def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Te
 
     Returns:
         ``[H, W]`` int64 labels.
+
     """
     best, labels = class_logits.max(dim=0)
     # torch.max returns the first maximal index on ties, like argmax.

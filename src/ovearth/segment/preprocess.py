@@ -25,6 +25,7 @@ def preprocess(view: Tensor, size: int, dtype: torch.dtype = torch.float32) -> T
 
     Returns:
         ``[3, S, S]`` normalised pixels on the view's device.
+
     """
     x = view.to(torch.float32)[None]
     if tuple(x.shape[-2:]) != (size, size):

@@ -43,6 +43,7 @@ def reference_view_logits(
 
     Returns:
         ``([P, h, w] logits, [P] presence)``.
+
     """
     model = loaded.model
     vision = model.get_vision_features(pixel_values)
@@ -70,8 +71,9 @@ def reference_view_logits(
             if settings.use_instances:
                 for j in range(scores.shape[0]):
                     if scores[j] > settings.confidence_threshold:
-                        mask = F.interpolate(out.pred_masks[:, j : j + 1], size=size, mode="bilinear",
-                                             align_corners=False)[0, 0].sigmoid()
+                        mask = F.interpolate(
+                            out.pred_masks[:, j : j + 1], size=size, mode="bilinear", align_corners=False
+                        )[0, 0].sigmoid()
                         logit = torch.maximum(logit, mask * scores[j])
             if settings.use_semantic:
                 sem = F.interpolate(out.semantic_seg, size=size, mode="bilinear", align_corners=False)

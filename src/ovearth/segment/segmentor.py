@@ -53,6 +53,7 @@ class Prediction:
         presence: ``[K]`` presence score per class (max over its names and the views).
         class_names: the ``K`` display names.
         valid: ``[H, W]`` bool, False where the input had no data.
+
     """
 
     labels: np.ndarray
@@ -74,6 +75,7 @@ class Segmentor:
 
     Raises:
         InputError: bad vocabulary or settings.
+
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Segmentor:
 
         Raises:
             InputError: wrong shape or dtype.
+
         """
         view = _as_chw_uint8(image)
         height, width = view.shape[-2:]
@@ -149,6 +152,7 @@ class Segmentor:
             valid=valid_np,
         )
 
+    @torch.inference_mode()
     def name_logits(self, view: Tensor) -> tuple[Tensor, Tensor]:
         """Per-name logits of a whole image, averaged over sliding windows.
 
@@ -157,6 +161,7 @@ class Segmentor:
 
         Returns:
             ``([P, H, W] logits, [P] presence)``; presence is the max over views.
+
         """
         device = self.stages.device
         view = view.to(device)
@@ -171,7 +176,7 @@ class Segmentor:
         presence = torch.zeros(num_names, device=device)
         for start in range(0, len(windows), s.view_batch):
             batch = windows[start : start + s.view_batch]
-            for window, (logits, pres) in zip(batch, self._window_logits(view, batch)):
+            for window, (logits, pres) in zip(batch, self._window_logits(view, batch), strict=True):
                 total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
                 presence = torch.maximum(presence, pres)
@@ -184,7 +189,9 @@ class Segmentor:
         if self.settings.mode == "reference":
             names = self.vocabulary.names
             return [
-                reference_view_logits(self.loaded, pixels[i : i + 1], w.size, names, self.settings, self.refiner)
+                reference_view_logits(
+                    self.loaded, pixels[i : i + 1], w.size, names, self.settings, self.refiner
+                )
                 for i, w in enumerate(windows)
             ]
         vision = self.stages.encode_images(pixels)
@@ -204,7 +211,9 @@ class Segmentor:
             tokens = fused.tokens if self.refiner is None else self.refiner(fused.tokens, fused.grid)
             decoded = stages.decode(fused, tokens)
             scores, presence = decoded.scores()
-            keep = scores > s.confidence_threshold if s.use_instances else torch.zeros_like(scores, dtype=bool)
+            keep = (
+                scores > s.confidence_threshold if s.use_instances else torch.zeros_like(scores, dtype=bool)
+            )
             kept_any = keep.any(dim=1).tolist()
             if not (s.use_semantic or any(kept_any)):
                 presence_all[chunk] = presence
@@ -230,8 +239,10 @@ def _as_chw_uint8(image: np.ndarray | Tensor) -> Tensor:
         if image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"Expected an [H, W, 3] RGB array, got shape {image.shape}.")
         if image.dtype != np.uint8:
-            raise InputError(f"Expected a uint8 RGB array, got {image.dtype}; see ovearth.data.raster for scaling.")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            raise InputError(
+                f"Expected a uint8 RGB array, got {image.dtype}; see ovearth.data.raster for scaling."
+            )
+        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
     if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
         raise InputError(f"Expected a [3, H, W] uint8 tensor, got {tuple(image.shape)} {image.dtype}.")
     return image

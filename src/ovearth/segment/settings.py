@@ -29,6 +29,7 @@ class SegmentSettings:
         prompt_batch: prompts run through fusion / decoder / mask decoder at once
             (bounds memory; does not change results).
         view_batch: views run through the backbone at once.
+
     """
 
     confidence_threshold: float = 0.5

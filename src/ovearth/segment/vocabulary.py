@@ -20,6 +20,7 @@ class Vocabulary:
 
     Attributes:
         classes: ``K`` tuples of names; the first name labels the class.
+
     """
 
     classes: tuple[tuple[str, ...], ...]
@@ -31,6 +32,7 @@ class Vocabulary:
         Raises:
             InputError: empty vocabulary, empty name, duplicate name, or more classes
                 than the label format holds.
+
         """
         if isinstance(spec, str):
             if not spec.strip():
@@ -45,7 +47,9 @@ class Vocabulary:
             raw = entry.split(",") if isinstance(entry, str) else list(entry)
             names = tuple(" ".join(str(name).split()) for name in raw)
             if not any(names):
-                raise InputError(f"The class list '{spec}' has an empty class (look for ';;' or a trailing ';').")
+                raise InputError(
+                    f"The class list '{spec}' has an empty class (look for ';;' or a trailing ';')."
+                )
             if not all(names):
                 raise InputError(f"The class '{entry}' has an empty name (look for ',,' or a trailing ',').")
             classes.append(names)
@@ -60,7 +64,9 @@ class Vocabulary:
                     )
                 seen[key] = index
         if len(classes) >= NODATA_LABEL:
-            raise InputError(f"{len(classes)} classes given; at most {NODATA_LABEL - 1} fit the label format.")
+            raise InputError(
+                f"{len(classes)} classes given; at most {NODATA_LABEL - 1} fit the label format."
+            )
         return cls(tuple(classes))
 
     @property

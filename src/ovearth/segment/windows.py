@@ -33,13 +33,16 @@ def check_slide(crop: int, stride: int) -> None:
     Raises:
         InputError: negative values, a crop without a stride, or a stride larger than
             the crop (which would leave pixels uncovered).
+
     """
     if crop < 0 or stride < 0:
         raise InputError(f"slide crop and stride must be >= 0, got crop={crop}, stride={stride}.")
     if crop > 0 and stride == 0:
         raise InputError(f"slide crop {crop} needs a stride > 0 (the reference uses stride = crop).")
     if crop > 0 and stride > crop:
-        raise InputError(f"slide stride {stride} is larger than the crop {crop}; some pixels would get no view.")
+        raise InputError(
+            f"slide stride {stride} is larger than the crop {crop}; some pixels would get no view."
+        )
 
 
 def views_for(height: int, width: int, crop: int, stride: int) -> list[Window]:
@@ -53,6 +56,7 @@ def views_for(height: int, width: int, crop: int, stride: int) -> list[Window]:
 
     Returns:
         The windows in row-major order (one covering the image when not sliding).
+
     """
     check_slide(crop, stride)
     if crop == 0 or (height <= crop and width <= crop):

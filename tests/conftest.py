@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny random SAM 3 saved and loaded through the users' path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovearth import load_model
+from ovearth.model.testing import save_tiny_model
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        pytest.skip(f"sample rasters not found at {SAMPLES}")
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny SAM 3 (336 input, 24 x 24 tokens) written by save_pretrained."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0, image_size=336)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    return load_model(tiny_dir)
+
+
+def make_image(seed: int, height: int, width: int) -> np.ndarray:
+    """A structured random RGB image: smooth blobs plus noise, uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([np.sin(6 * xx + seed), np.cos(5 * yy - seed), np.sin(4 * (xx + yy))], axis=-1)
+    img = 127 + 90 * base + rng.normal(0, 20, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)

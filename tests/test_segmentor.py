@@ -1,0 +1,162 @@
+"""The fast path equals the reference path; slide averaging, switches and nodata behave."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from ovearth import Segmentor
+from ovearth.errors import InputError
+from ovearth.model.stages import Sam3Stages
+from ovearth.segment.preprocess import preprocess
+
+from .conftest import make_image
+
+CLASSES = "building,roof,house;road;tree,forest;water;car"
+
+
+def score_quantile(loaded, image, q):
+    """A confidence threshold at the q-quantile of the tiny model's instance scores."""
+    seg = Segmentor(loaded, CLASSES)
+    stages = Sam3Stages(loaded.model)
+    pixels = preprocess(torch.from_numpy(image).permute(2, 0, 1), stages.image_size)[None]
+    with torch.inference_mode():
+        scores, _ = stages.decode(stages.fuse(stages.encode_images(pixels), seg.text_features)).scores()
+    return float(torch.quantile(scores.flatten(), q))
+
+
+def assert_same_prediction(fast, ref):
+    torch.testing.assert_close(fast.class_logits, ref.class_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.presence, ref.presence, rtol=0, atol=1e-5)
+    top2 = ref.class_logits.topk(2, dim=0).values
+    clear = (top2[0] - top2[1] > 1e-4).numpy()  # labels may flip only at near-ties
+    assert (fast.labels[clear] == ref.labels[clear]).all()
+
+
+@pytest.mark.parametrize(
+    ("seed", "size", "slide"),
+    [
+        (0, (150, 200), (0, 0)),
+        (1, (260, 230), (160, 100)),  # overlapping windows
+        (2, (300, 300), (150, 150)),  # exact tiling
+        (3, (90, 400), (128, 96)),  # thinner than the crop: slides along one side only
+    ],
+)
+def test_fast_equals_reference(tiny, seed, size, slide):
+    image = make_image(seed, *size)
+    conf = score_quantile(tiny, image, 0.8)  # about a fifth of the queries are kept
+    settings = dict(confidence_threshold=conf, prob_thd=0.3, slide_crop=slide[0], slide_stride=slide[1])
+    fast = Segmentor(tiny, CLASSES, mode="fast", prompt_batch=3, **settings).predict(image)
+    ref = Segmentor(tiny, CLASSES, mode="reference", **settings).predict(image)
+    assert_same_prediction(fast, ref)
+
+
+# The tiny model's semantic term dominates its instance term, so the instance switch is
+# checked with the semantic term off (otherwise switching it could not change anything).
+@pytest.mark.parametrize(
+    ("switch", "base"),
+    [
+        ("use_instances", {"use_semantic": False}),
+        ("use_semantic", {}),
+        ("use_presence", {}),
+    ],
+)
+def test_switches_match_reference_and_matter(tiny, switch, base):
+    image = make_image(5, 120, 140)
+    base = dict(base, confidence_threshold=score_quantile(tiny, image, 0.5))
+    on = Segmentor(tiny, CLASSES, **base).predict(image)
+    fast = Segmentor(tiny, CLASSES, **base, **{switch: False}).predict(image)
+    ref = Segmentor(tiny, CLASSES, mode="reference", **base, **{switch: False}).predict(image)
+    assert_same_prediction(fast, ref)
+    assert (on.class_logits - fast.class_logits).abs().max() > 1e-3
+
+
+def test_instance_masks_only_for_kept_queries(tiny, monkeypatch):
+    image = make_image(6, 100, 100)
+    conf = score_quantile(tiny, image, 0.9)
+    seg = Segmentor(tiny, CLASSES, confidence_threshold=conf)
+    rows = []
+    original = Sam3Stages.instance_logits
+
+    def counting(self, pixel_embed, queries):
+        rows.append(queries.shape[0])
+        return original(self, pixel_embed, queries)
+
+    monkeypatch.setattr(Sam3Stages, "instance_logits", counting)
+    seg.predict(image)
+    stages = Sam3Stages(tiny.model)
+    pixels = preprocess(torch.from_numpy(image).permute(2, 0, 1), stages.image_size)[None]
+    with torch.inference_mode():
+        scores, _ = stages.decode(stages.fuse(stages.encode_images(pixels), seg.text_features)).scores()
+    kept = (scores > conf).sum(dim=1)
+    assert sum(rows) == int(kept.sum()) and 0 < sum(rows) < scores.numel()
+    assert len(rows) == int((kept > 0).sum())
+
+
+def test_prompt_batch_does_not_change_results(tiny):
+    image = make_image(7, 128, 96)
+    one = Segmentor(tiny, CLASSES, prompt_batch=1, confidence_threshold=0.25).predict(image)
+    all_ = Segmentor(tiny, CLASSES, prompt_batch=64, confidence_threshold=0.25).predict(image)
+    torch.testing.assert_close(one.class_logits, all_.class_logits, rtol=0, atol=1e-6)
+
+
+def test_slide_average_matches_windows_computed_alone(tiny):
+    image = make_image(8, 100, 160)
+    seg = Segmentor(tiny, "road;tree", slide_crop=100, slide_stride=60)  # windows x: 0-100, 60-160
+    whole, _ = seg.name_logits(torch.from_numpy(image).permute(2, 0, 1))
+    alone = Segmentor(tiny, "road;tree")
+    left, _ = alone.name_logits(torch.from_numpy(image[:, :100]).permute(2, 0, 1))
+    right, _ = alone.name_logits(torch.from_numpy(image[:, 60:]).permute(2, 0, 1))
+    torch.testing.assert_close(whole[:, :, :60], left[:, :, :60], rtol=0, atol=1e-6)
+    torch.testing.assert_close(whole[:, :, 100:], right[:, :, 40:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        whole[:, :, 60:100], (left[:, :, 60:] + right[:, :, :40]) / 2, rtol=0, atol=1e-6
+    )
+
+
+def test_image_smaller_than_crop_is_one_view(tiny):
+    image = make_image(9, 80, 100)
+    slid = Segmentor(tiny, CLASSES, slide_crop=512, slide_stride=512).predict(image)
+    whole = Segmentor(tiny, CLASSES).predict(image)
+    torch.testing.assert_close(slid.class_logits, whole.class_logits, rtol=0, atol=0)
+
+
+def test_refiner_hook_sits_at_the_same_place_in_both_modes(tiny):
+    image = make_image(10, 120, 120)
+
+    def refine(tokens, grid):
+        h, w = grid
+        t = tokens.view(tokens.shape[0], h, w, -1)
+        return (0.5 * t + 0.5 * t.roll(1, dims=1)).reshape(tokens.shape)
+
+    plain = Segmentor(tiny, CLASSES).predict(image)
+    identity = Segmentor(tiny, CLASSES, refiner=lambda t, g: t).predict(image)
+    assert torch.equal(plain.class_logits, identity.class_logits)
+    fast = Segmentor(tiny, CLASSES, refiner=refine).predict(image)
+    ref = Segmentor(tiny, CLASSES, refiner=refine, mode="reference").predict(image)
+    assert_same_prediction(fast, ref)
+    assert (fast.class_logits - plain.class_logits).abs().max() > 1e-4
+
+
+def test_nodata_pixels_get_255_and_empty_images_skip_the_model(tiny, caplog, monkeypatch):
+    image = make_image(11, 64, 64)
+    valid = np.ones((64, 64), bool)
+    valid[:10] = False
+    pred = Segmentor(tiny, CLASSES).predict(image, valid=valid)
+    assert (pred.labels[:10] == 255).all() and (pred.labels[10:] < 5).all()
+    monkeypatch.setattr(Sam3Stages, "encode_images", lambda *a: pytest.fail("model ran on an empty image"))
+    with caplog.at_level(logging.WARNING):
+        empty = Segmentor(tiny, CLASSES).predict(image, valid=np.zeros((64, 64), bool))
+    assert (empty.labels == 255).all() and "no valid pixel" in caplog.text
+
+
+def test_bad_arguments(tiny):
+    with pytest.raises(InputError, match="uint8"):
+        Segmentor(tiny, CLASSES).predict(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(InputError, match="RGB"):
+        Segmentor(tiny, CLASSES).predict(np.zeros((10, 10), np.uint8))
+    with pytest.raises(InputError, match="mode"):
+        Segmentor(tiny, CLASSES, mode="quick")
+    with pytest.raises(InputError, match="Unknown setting"):
+        Segmentor(tiny, CLASSES, prob_threshold=0.3)
