@@ -93,7 +93,9 @@ def segment(
     presence: Annotated[
         bool | None, typer.Option("--presence/--no-presence", help="Presence factor.")
     ] = None,
-    prompt_batch: Annotated[int, typer.Option(help="Prompts per batch (memory bound).")] = 16,
+    prompt_batch: Annotated[
+        int | None, typer.Option(help="Prompts per batch (memory bound); default 1 on CPU, 16 on GPU.")
+    ] = None,
     bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
@@ -157,14 +159,12 @@ def segment(
         for file in files:
             progress.update(task, description=file.name)
             prediction, written = segment_file(segmentor, file, output, band_choice, stretch, probs)
+            names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
             results.append(
                 {
                     "image": str(file),
                     "outputs": {k: str(v) for k, v in written.items()},
-                    "presence": {
-                        name: round(value, 4)
-                        for name, value in zip(prediction.class_names, prediction.presence.tolist(), strict=True)
-                    },
+                    "presence": dict(zip(names, presence, strict=True)),
                 }
             )
             progress.advance(task)

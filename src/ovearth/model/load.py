@@ -17,9 +17,11 @@ with one sentence saying how to get the weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +154,8 @@ def _load_hub(repo_id: str, attn_implementation: str) -> tuple[Sam3Model, list[P
     except OSError:
         logger.info("%s is not in the local Hugging Face cache; trying the hub", repo_id)
         try:
-            model = Sam3Model.from_pretrained(repo_id, **kwargs)
+            with _quiet_hub():
+                model = Sam3Model.from_pretrained(repo_id, **kwargs)
         except OSError as error:
             raise ModelNotFoundError(
                 f"SAM 3 weights '{repo_id}' are not in the local Hugging Face cache and the hub cannot be "
@@ -168,6 +171,20 @@ def _load_hub(repo_id: str, attn_implementation: str) -> tuple[Sam3Model, list[P
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         pass
     return model, files
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the hub client's per-retry warnings; a failure ends in one sentence of ours."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def fingerprint_files(files: list[Path]) -> str:

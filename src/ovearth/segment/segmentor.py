@@ -33,7 +33,7 @@ from ..model.tokenizer import tokenize
 from .fusion import instance_max, labels_from_logits, names_to_classes, semantic_probs
 from .preprocess import preprocess
 from .reference import reference_view_logits
-from .settings import SegmentSettings
+from .settings import ACCELERATOR_PROMPT_BATCH, SegmentSettings
 from .vocabulary import Vocabulary
 from .windows import Window, views_for
 
@@ -94,6 +94,13 @@ class Segmentor:
         self.refiner = refiner
         self.stages = Sam3Stages(self.loaded.model)
         self._text: TextFeatures | None = None
+
+    @property
+    def prompt_batch(self) -> int:
+        """Prompts per batch: the setting, else 1 on CPU and a larger batch on accelerators."""
+        if self.settings.prompt_batch is not None:
+            return self.settings.prompt_batch
+        return 1 if self.stages.device.type == "cpu" else ACCELERATOR_PROMPT_BATCH
 
     @property
     def text_features(self) -> TextFeatures:
@@ -203,10 +210,11 @@ class Segmentor:
         stages = self.stages
         text = self.text_features
         num_names = text.features.shape[0]
+        batch = self.prompt_batch
         logits = torch.zeros(num_names, *size, device=stages.device)
         presence_all = torch.zeros(num_names, device=stages.device)
-        for start in range(0, num_names, s.prompt_batch):
-            chunk = slice(start, min(start + s.prompt_batch, num_names))
+        for start in range(0, num_names, batch):
+            chunk = slice(start, min(start + batch, num_names))
             fused = stages.fuse(vision, text.select(chunk))
             tokens = fused.tokens if self.refiner is None else self.refiner(fused.tokens, fused.grid)
             decoded = stages.decode(fused, tokens)

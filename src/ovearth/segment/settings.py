@@ -11,6 +11,9 @@ from .windows import check_slide
 
 MODES = ("fast", "reference")
 
+#: Default prompt batch on GPUs and other accelerators.
+ACCELERATOR_PROMPT_BATCH = 16
+
 
 @dataclass(frozen=True)
 class SegmentSettings:
@@ -27,7 +30,9 @@ class SegmentSettings:
         use_presence: multiply by the presence score.
         mode: ``"fast"`` (staged, batched) or ``"reference"`` (plain per-name loop).
         prompt_batch: prompts run through fusion / decoder / mask decoder at once
-            (bounds memory; does not change results).
+            (bounds memory; does not change results). None: 1 on CPU, where one prompt
+            at a time measured 20 % faster in the heads than 11 at once (cache), and
+            :data:`ACCELERATOR_PROMPT_BATCH` on accelerators.
         view_batch: views run through the backbone at once.
 
     """
@@ -41,7 +46,7 @@ class SegmentSettings:
     use_semantic: bool = True
     use_presence: bool = True
     mode: str = "fast"
-    prompt_batch: int = 16
+    prompt_batch: int | None = None
     view_batch: int = 1
 
     def __post_init__(self) -> None:
@@ -49,7 +54,7 @@ class SegmentSettings:
             raise InputError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}.")
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'.")
-        if self.prompt_batch < 1 or self.view_batch < 1:
+        if (self.prompt_batch is not None and self.prompt_batch < 1) or self.view_batch < 1:
             raise InputError(
                 f"prompt_batch and view_batch must be >= 1, got {self.prompt_batch} and {self.view_batch}."
             )
