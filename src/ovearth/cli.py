@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -182,6 +183,88 @@ def segment(
     }
     write_text_atomic(Path(output) / "run.json", json.dumps(record, indent=2) + "\n")
     err.print(f"wrote {len(results)} result(s) to {output}")
+
+
+@app.command("eval")
+def eval_(
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder (reports and resumable cache).")
+    ],
+    data_root: Annotated[
+        Path, typer.Option(help="Root folder of the dataset, laid out as the protocol says.")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option(help="Built-in protocol, e.g. loveda (see `ovearth datasets`).")
+    ] = None,
+    dataset_config: Annotated[Path | None, typer.Option(help="Your own protocol YAML, same schema.")] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
+    ] = "auto",
+    mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip (and list) bad images instead of stopping.")
+    ] = False,
+    save_predictions: Annotated[
+        bool, typer.Option("--save-predictions", help="Keep colour label maps.")
+    ] = False,
+    confidence_threshold: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
+    prob_thd: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
+    prompt_batch: Annotated[
+        int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
+    _setup_logging(verbose)
+    from .data.datasets import SegmentationDataset
+    from .data.protocols import load_protocol
+
+    if (dataset is None) == (dataset_config is None):
+        raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
+    protocol = load_protocol(dataset if dataset is not None else dataset_config)
+    data = SegmentationDataset(protocol, data_root, limit=limit)
+    overrides = dict(confidence_threshold=confidence_threshold, prob_thd=prob_thd)
+    settings = protocol.settings.replace(
+        mode=mode, prompt_batch=prompt_batch, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    device_name = resolve_device(device)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and device == "auto" and device_name == "cuda":
+        device_name = f"cuda:{local_rank}"
+
+    from .evaluate import EvalOptions, evaluate
+    from .model.load import load_model
+    from .segment.segmentor import Segmentor
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    segmentor = Segmentor(loaded, protocol.vocabulary, settings=settings)
+    options = EvalOptions(skip_bad=skip_bad, save_predictions=save_predictions)
+    show = err.is_terminal and os.environ.get("RANK", "0") == "0"
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("mIoU {task.fields[miou]}"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task(protocol.name, total=None, miou="-")
+
+        def progress(done: int, total: int, miou: float) -> None:
+            bar.update(task, completed=done, total=total, miou=f"{miou:.2f}")
+
+        result = evaluate(segmentor, data, output, options, progress)
+    if os.environ.get("RANK", "0") == "0":
+        skipped = f", {len(result['skipped'])} skipped" if result["skipped"] else ""
+        scores = "  ".join(f"{key} {result[key]:.2f}" for key in ("mIoU", "mAcc", "aAcc"))
+        count = f"{result['num_images']} images{skipped}"
+        err.print(f"{protocol.title}: {scores}  ({count}) -> {output}/metrics.json")
 
 
 @app.command("make-tiny-model")

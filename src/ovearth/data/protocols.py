@@ -10,6 +10,7 @@ anywhere a protocol name is. Schema::
     segment: {confidence_threshold: 0.5, prob_thd: 0.5, bg_idx: 0, slide_crop: 0, slide_stride: 0}
     labels: {reduce_zero_label: true, ignore_index: 255, report: building}  # report optional
     layout: {images: img_dir/val, labels: ann_dir/val, image_suffix: .png, label_suffix: .png}
+    # layout.split (optional): a file of image names, one per line, relative to the data root
 """
 
 from __future__ import annotations
@@ -27,18 +28,25 @@ from ..segment.settings import SegmentSettings
 from ..segment.vocabulary import Vocabulary
 
 _SEGMENT_KEYS = {"confidence_threshold", "prob_thd", "bg_idx", "slide_crop", "slide_stride"}
-_LAYOUT_KEYS = {"images", "labels", "image_suffix", "label_suffix"}
+_LAYOUT_KEYS = {"images", "labels", "image_suffix", "label_suffix", "split"}
+_LAYOUT_REQUIRED = _LAYOUT_KEYS - {"split"}
 _LABEL_KEYS = {"reduce_zero_label", "ignore_index", "report"}
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where images and labels are under a data root, and how their names end."""
+    """Where images and labels are under a data root, and how their names end.
+
+    ``split``, when set, names a text file (relative to the data root, or absolute) listing
+    the image names to use, one per line without suffix, in evaluation order (mmseg's
+    ``ann_file``); otherwise every image under ``images`` is used, sorted.
+    """
 
     images: str
     labels: str
     image_suffix: str
     label_suffix: str
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
     except TypeError as error:
         raise InputError(f"{path}: bad 'segment' value ({error}).") from None
     labels = _section(data, "labels", _LABEL_KEYS, path, set())
-    layout = _section(data, "layout", _LAYOUT_KEYS, path, _LAYOUT_KEYS)
+    layout = _section(data, "layout", _LAYOUT_KEYS, path, _LAYOUT_REQUIRED)
     report = labels.get("report")
     if report is not None and report not in vocabulary.labels:
         raise InputError(f"{path}: labels.report '{report}' is not one of the classes {vocabulary.labels}.")

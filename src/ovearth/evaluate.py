@@ -1,0 +1,220 @@
+"""Benchmark evaluation: resumable, shardable over processes, exact metrics.
+
+``evaluate(segmentor, dataset, out_dir)`` segments every image of a dataset, turns each
+prediction into a confusion matrix (:mod:`ovearth.metrics`) and stores it under
+``out_dir/cache/<run key>/<image key>.npy``:
+
+* the *run key* hashes everything that changes predictions: the model fingerprint, the
+  settings that change outputs, the vocabulary, the refiner spec, the label protocol
+  (``reduce_zero_label``, ignore index) and the image reading rule;
+* the *image key* hashes the image's relative name with the size and modification time
+  of the image and label files.
+
+A run killed at any point resumes where it stopped (entries are written atomically;
+stale temporary files are removed), and a changed setting never reuses old entries.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) each process takes every ``world_size``-th image
+and the confusion matrices are summed with ``all_reduce`` (NCCL on GPU, gloo on CPU),
+so the metrics equal those of one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import __version__
+from .data.atomic import atomic_path
+from .data.datasets import Sample, SegmentationDataset
+from .data.raster import write_labels
+from .metrics import compute_metrics, confusion_matrix
+from .reports import write_metrics
+from .segment.segmentor import Segmentor
+from .viz import palette
+
+logger = logging.getLogger(__name__)
+
+#: ``progress(done, total, running_miou)`` called after each image (rank 0 only).
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass
+class Shard:
+    """The current process's place in a ``torchrun`` job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    initialized_here: bool = False
+
+    @classmethod
+    def from_env(cls, device: torch.device | None = None) -> Shard:
+        """Join the process group described by torchrun's environment variables, if any."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        here = False
+        if not dist.is_initialized():
+            backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+            here = True
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), initialized_here=here)
+
+    def close(self) -> None:
+        """Leave the process group if this shard joined it."""
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class EvalOptions:
+    """Options of an evaluation run.
+
+    Attributes:
+        skip_bad: skip images whose files are missing or invalid (listed in the results)
+            instead of stopping at the first.
+        save_predictions: also write colour label maps to ``out_dir/predictions``.
+        refine: the refinement spec, recorded and part of the cache key.
+        extra: more provenance recorded in ``metrics.json`` (and the cache key).
+
+    """
+
+    skip_bad: bool = False
+    save_predictions: bool = False
+    refine: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_key(segmentor: Segmentor, dataset: SegmentationDataset, options: EvalOptions) -> tuple[str, dict]:
+    """Hash of everything that changes the per-image results, and what was hashed."""
+    protocol = dataset.protocol
+    identity = {
+        "model": segmentor.loaded.fingerprint,
+        "settings": segmentor.settings.semantic_dict(),
+        "classes": str(segmentor.vocabulary),
+        "refine": options.refine,
+        "labels": {"reduce_zero_label": protocol.reduce_zero_label, "ignore_index": protocol.ignore_index},
+        "extra": options.extra,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, identity
+
+
+def image_key(sample: Sample) -> str:
+    """Readable, unique cache name of one image: its name plus a hash of its files' state."""
+    parts = [sample.name]
+    for path in (sample.image_path, sample.label_path):
+        stat = Path(path).stat()
+        parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sample.name)[-80:]}-{digest}"
+
+
+def evaluate(
+    segmentor: Segmentor,
+    dataset: SegmentationDataset,
+    out_dir: str | Path,
+    options: EvalOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Evaluate a segmentor on a dataset and write the reports into ``out_dir``.
+
+    Args:
+        segmentor: configured with the dataset's vocabulary and settings.
+        dataset: the dataset reader (its ``limit`` selects the first N images).
+        out_dir: output folder (reports, cache, predictions).
+        options: see :class:`EvalOptions`.
+        progress: optional callback after each image.
+
+    Returns:
+        The metrics (as in ``metrics.json``) on every process.
+
+    Raises:
+        InputError: a bad image when ``skip_bad`` is False.
+
+    """
+    options = options or EvalOptions()
+    out = Path(out_dir)
+    shard = Shard.from_env(segmentor.stages.device)
+    try:
+        samples, skipped = dataset.samples(skip_bad=options.skip_bad)
+        key, identity = run_key(segmentor, dataset, options)
+        cache = out / "cache" / key
+        cache.mkdir(parents=True, exist_ok=True)
+        if shard.rank == 0:
+            for stale in cache.glob(".*.part*"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
+        if shard.world_size > 1:
+            dist.barrier()  # no rank starts writing entries before the clean-up is done
+        num_classes = len(segmentor.vocabulary)
+        total = np.zeros((num_classes, num_classes + 1), np.int64)
+        mine = samples[shard.rank :: shard.world_size]
+        start, computed = time.perf_counter(), 0
+        for index, sample in enumerate(mine, start=1):
+            entry = cache / f"{image_key(sample)}.npy"
+            if entry.exists():
+                matrix = np.load(entry)
+            else:
+                matrix = _evaluate_one(segmentor, dataset, sample, out, options)
+                with atomic_path(entry) as temp:
+                    with open(temp, "wb") as handle:
+                        np.save(handle, matrix)
+                computed += 1
+            total += matrix
+            if progress is not None and shard.rank == 0:
+                running = compute_metrics(total, segmentor.vocabulary.labels)["mIoU"]
+                progress(index, len(mine), running)
+        seconds = time.perf_counter() - start
+        if shard.world_size > 1:
+            reduced = torch.from_numpy(total).to(segmentor.stages.device)
+            dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+            total = reduced.cpu().numpy()
+        result = compute_metrics(total, segmentor.vocabulary.labels)
+        result.update(
+            dataset=dataset.protocol.name,
+            num_images=len(samples),
+            skipped=[{"image": name, "problem": problem} for name, problem in skipped],
+            ovearth=__version__,
+            model={"source": segmentor.loaded.source, "fingerprint": segmentor.loaded.fingerprint},
+            settings=segmentor.settings.to_dict(),
+            classes=str(segmentor.vocabulary),
+            refine=options.refine,
+            run_key=key,
+            world_size=shard.world_size,
+            seconds=round(seconds, 3),
+            computed_images=computed,
+            **({"extra": options.extra} if options.extra else {}),
+        )
+        if shard.rank == 0:
+            write_metrics(out, result, f"{dataset.protocol.title}: ovearth / SegEarth-OV3")
+            (cache / "run.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        if shard.world_size > 1:
+            dist.barrier()
+        return result
+    finally:
+        shard.close()
+
+
+def _evaluate_one(
+    segmentor: Segmentor, dataset: SegmentationDataset, sample: Sample, out: Path, options: EvalOptions
+) -> np.ndarray:
+    image = sample.load_image()
+    label = sample.load_label()
+    prediction = segmentor.predict(image.rgb, valid=image.valid)
+    if options.save_predictions:
+        target = out / "predictions" / f"{sample.name}.png"
+        write_labels(target, prediction.labels, image, palette(len(segmentor.vocabulary)))  # .png: no georef
+    return confusion_matrix(
+        prediction.labels, label, len(segmentor.vocabulary), dataset.protocol.ignore_index
+    )
