@@ -61,8 +61,8 @@ def model_only(seg: Segmentor, image: np.ndarray) -> float:
             pixels = preprocess(view[:, w.y1 : w.y2, w.x1 : w.x2], stages.image_size)[None]
             vision = stages.encode_images(pixels)
             names = seg.text_features.features.shape[0]
-            for start in range(0, names, seg.prompt_batch):
-                fused = stages.fuse(vision, seg.text_features.select(slice(start, start + seg.prompt_batch)))
+            for first in range(0, names, seg.prompt_batch):
+                fused = stages.fuse(vision, seg.text_features.select(slice(first, first + seg.prompt_batch)))
                 stages.decode(fused)
                 stages.semantic_logits(stages.pixel_embed(vision, fused))
     return time.perf_counter() - start

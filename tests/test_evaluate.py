@@ -66,7 +66,7 @@ def test_cache_is_reused_and_a_changed_setting_is_not(tiny, data_root, tmp_path)
     same_metrics(first, again)
     changed = evaluate(segmentor_for(tiny, prob_thd=0.45), dataset, tmp_path)
     assert changed["computed_images"] == 6 and changed["run_key"] != first["run_key"]
-    refined = evaluate(segmentor_for(tiny), dataset, tmp_path, EvalOptions(refine="smooth:a=0.2"))
+    refined = evaluate(segmentor_for(tiny, refine="smooth:a=0.2"), dataset, tmp_path)
     assert refined["computed_images"] == 6
     assert len(list((tmp_path / "cache").iterdir())) == 3
 

@@ -97,6 +97,16 @@ def segment(
     prompt_batch: Annotated[
         int | None, typer.Option(help="Prompts per batch (memory bound); default 1 on CPU, 16 on GPU.")
     ] = None,
+    refine: Annotated[
+        str,
+        typer.Option(
+            help="Token refinement, e.g. 'smooth:a=0.2+lowpass:r=12,b=0.2' (see `ovearth refiners`)."
+        ),
+    ] = "",
+    refine_at: Annotated[
+        str, typer.Option(help="fusion (per prompt) or backbone (once per view).")
+    ] = "fusion",
+    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
     bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
@@ -132,7 +142,12 @@ def segment(
         use_presence=presence,
     )
     settings = base.replace(
-        mode=mode, prompt_batch=prompt_batch, **{k: v for k, v in overrides.items() if v is not None}
+        mode=mode,
+        prompt_batch=prompt_batch,
+        refine=refine,
+        refine_at=refine_at,
+        refine_for=refine_for,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     band_choice = parse_bands(bands)
     files = collect_images(images)
@@ -216,6 +231,13 @@ def eval_(
     prompt_batch: Annotated[
         int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
     ] = None,
+    refine: Annotated[
+        str, typer.Option(help="Token refinement, e.g. 'smooth:a=0.2' (see `ovearth refiners`).")
+    ] = "",
+    refine_at: Annotated[
+        str, typer.Option(help="fusion (per prompt) or backbone (once per view).")
+    ] = "fusion",
+    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
@@ -229,7 +251,12 @@ def eval_(
     data = SegmentationDataset(protocol, data_root, limit=limit)
     overrides = dict(confidence_threshold=confidence_threshold, prob_thd=prob_thd)
     settings = protocol.settings.replace(
-        mode=mode, prompt_batch=prompt_batch, **{k: v for k, v in overrides.items() if v is not None}
+        mode=mode,
+        prompt_batch=prompt_batch,
+        refine=refine,
+        refine_at=refine_at,
+        refine_for=refine_for,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     device_name = resolve_device(device)
     local_rank = os.environ.get("LOCAL_RANK")
@@ -297,6 +324,20 @@ def datasets() -> None:
             f"{name:14s} {p.title:22s} {len(p.vocabulary):2d} classes  conf={s.confidence_threshold} "
             f"prob_thd={s.prob_thd} bg={s.bg_idx} slide={s.slide_crop}/{s.slide_stride}"
         )
+
+
+@app.command()
+def refiners() -> None:
+    """List the token refiners (usable in --refine) with their parameters and defaults."""
+    import dataclasses
+
+    from .refine.registry import list_refiners, refiner_class
+
+    for name in list_refiners():
+        cls = refiner_class(name)
+        params = ",".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name}:{params}\n    {summary}")
 
 
 @app.command()

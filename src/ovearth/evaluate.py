@@ -5,7 +5,7 @@ prediction into a confusion matrix (:mod:`ovearth.metrics`) and stores it under
 ``out_dir/cache/<run key>/<image key>.npy``:
 
 * the *run key* hashes everything that changes predictions: the model fingerprint, the
-  settings that change outputs, the vocabulary, the refiner spec, the label protocol
+  settings that change outputs (the refinement spec among them), the vocabulary, the label protocol
   (``reduce_zero_label``, ignore index) and the image reading rule;
 * the *image key* hashes the image's relative name with the size and modification time
   of the image and label files.
@@ -85,14 +85,12 @@ class EvalOptions:
         skip_bad: skip images whose files are missing or invalid (listed in the results)
             instead of stopping at the first.
         save_predictions: also write colour label maps to ``out_dir/predictions``.
-        refine: the refinement spec, recorded and part of the cache key.
         extra: more provenance recorded in ``metrics.json`` (and the cache key).
 
     """
 
     skip_bad: bool = False
     save_predictions: bool = False
-    refine: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,7 +101,6 @@ def run_key(segmentor: Segmentor, dataset: SegmentationDataset, options: EvalOpt
         "model": segmentor.loaded.fingerprint,
         "settings": segmentor.settings.semantic_dict(),
         "classes": str(segmentor.vocabulary),
-        "refine": options.refine,
         "labels": {"reduce_zero_label": protocol.reduce_zero_label, "ignore_index": protocol.ignore_index},
         "extra": options.extra,
     }
@@ -189,7 +186,7 @@ def evaluate(
             model={"source": segmentor.loaded.source, "fingerprint": segmentor.loaded.fingerprint},
             settings=segmentor.settings.to_dict(),
             classes=str(segmentor.vocabulary),
-            refine=options.refine,
+            refine=segmentor.settings.refine,
             run_key=key,
             world_size=shard.world_size,
             seconds=round(seconds, 3),

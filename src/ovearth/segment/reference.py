@@ -9,80 +9,116 @@ and independent of :mod:`ovearth.model.stages`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.load import LoadedModel
 from ..model.tokenizer import tokenize
+from ..refine import RefineContext, RefinePipeline, as_grid, as_tokens
 from .settings import SegmentSettings
-
-TokenHook = Callable[[Tensor, tuple[int, int]], Tensor]
 
 
 def reference_view_logits(
     loaded: LoadedModel,
     pixel_values: Tensor,
-    size: tuple[int, int],
+    crop: Tensor,
     names: list[str],
     settings: SegmentSettings,
-    refine: TokenHook | None = None,
+    pipeline: RefinePipeline | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-name logits of one view, computed the plain way.
 
     Args:
         loaded: the model and tokenizer.
         pixel_values: ``[1, 3, S, S]`` preprocessed view.
-        size: ``(h, w)`` of the view in image pixels.
+        crop: ``[3, h, w]`` uint8 view (its size is the output size; refiners may read it).
         names: ``P`` prompt names.
-        settings: thresholds and switches.
-        refine: optional token refinement applied to the fusion encoder's output
-            (through a forward hook, so the model's forward itself is untouched).
+        settings: thresholds, switches and where refinement applies.
+        pipeline: optional token refinement. At ``backbone`` it is applied to the
+            coarsest level of the vision features; at ``fusion`` through forward
+            pre-hooks on the consumers it targets (``detr_decoder`` and/or
+            ``mask_decoder``), so ``Sam3Model.forward`` itself is untouched.
 
     Returns:
         ``([P, h, w] logits, [P] presence)``.
 
     """
     model = loaded.model
+    size = (int(crop.shape[-2]), int(crop.shape[-1]))
     vision = model.get_vision_features(pixel_values)
+    refining = pipeline is not None and bool(pipeline)
+    cache: dict = {}
+    if refining and settings.refine_at == "backbone":
+        levels = list(vision.fpn_hidden_states)
+        level = levels[2]  # 4x, 2x, 1x, 0.5x: the 1x level is what the fusion encoder reads
+        grid = (int(level.shape[-2]), int(level.shape[-1]))
+        levels[2] = as_grid(pipeline(as_tokens(level), grid, RefineContext(view=crop, cache=cache)), grid)
+        vision.fpn_hidden_states = tuple(levels)
     logits, presences = [], []
-    handle = None
-    if refine is not None:
-        grid = tuple(vision.fpn_hidden_states[-2].shape[-2:])
-
-        def hook(module: torch.nn.Module, args: tuple, output: object) -> object:
-            output.last_hidden_state = refine(output.last_hidden_state, grid)
-            return output
-
-        handle = model.detr_encoder.register_forward_hook(hook)
-    try:
-        for name in names:
-            tokens = tokenize(loaded.tokenizer, [name])
-            out = model(
-                vision_embeds=vision,
-                input_ids=tokens.input_ids.to(pixel_values.device),
-                attention_mask=tokens.attention_mask.to(pixel_values.device),
-            )
-            presence = out.presence_logits[0, 0].sigmoid()
-            scores = out.pred_logits[0].sigmoid() * presence
-            logit = torch.zeros(size, dtype=torch.float32, device=pixel_values.device)
-            if settings.use_instances:
-                for j in range(scores.shape[0]):
-                    if scores[j] > settings.confidence_threshold:
-                        mask = F.interpolate(
-                            out.pred_masks[:, j : j + 1], size=size, mode="bilinear", align_corners=False
-                        )[0, 0].sigmoid()
-                        logit = torch.maximum(logit, mask * scores[j])
-            if settings.use_semantic:
-                sem = F.interpolate(out.semantic_seg, size=size, mode="bilinear", align_corners=False)
-                logit = torch.maximum(logit, sem[0, 0].sigmoid())
-            if settings.use_presence:
-                logit = logit * presence
-            logits.append(logit)
-            presences.append(presence)
-    finally:
-        if handle is not None:
-            handle.remove()
+    for name in names:
+        handles = []
+        if refining and settings.refine_at == "fusion":
+            grid = tuple(vision.fpn_hidden_states[2].shape[-2:])
+            context = RefineContext(prompts=[name], view=crop, cache=cache)
+            targets = {"decoder": [model.detr_decoder], "mask": [model.mask_decoder]}
+            targets["both"] = targets["decoder"] + targets["mask"]
+            key = {model.detr_decoder: "vision_features", model.mask_decoder: "encoder_hidden_states"}
+            for module in targets[settings.refine_for]:
+                handles.append(
+                    module.register_forward_pre_hook(
+                        _refining_hook(key[module], pipeline, grid, context), with_kwargs=True
+                    )
+                )
+        try:
+            logit, presence = _one_name(loaded, vision, name, size, settings, pixel_values.device)
+        finally:
+            for handle in handles:
+                handle.remove()
+        logits.append(logit)
+        presences.append(presence)
     return torch.stack(logits), torch.stack(presences)
+
+
+def _refining_hook(argument: str, pipeline: RefinePipeline, grid: tuple, context: RefineContext):
+    """A forward pre-hook replacing the keyword ``argument`` (image tokens) by its refinement."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = dict(kwargs)
+        kwargs[argument] = pipeline(kwargs[argument], grid, context)
+        return args, kwargs
+
+    return hook
+
+
+def _one_name(
+    loaded: LoadedModel,
+    vision,
+    name: str,
+    size: tuple[int, int],
+    settings: SegmentSettings,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """SegEarth-OV3's rules for one name on ``Sam3Model.forward``'s outputs."""
+    tokens = tokenize(loaded.tokenizer, [name])
+    out = loaded.model(
+        vision_embeds=vision,
+        input_ids=tokens.input_ids.to(device),
+        attention_mask=tokens.attention_mask.to(device),
+    )
+    presence = out.presence_logits[0, 0].sigmoid()
+    scores = out.pred_logits[0].sigmoid() * presence
+    logit = torch.zeros(size, dtype=torch.float32, device=device)
+    if settings.use_instances:
+        for j in range(scores.shape[0]):
+            if scores[j] > settings.confidence_threshold:
+                mask = F.interpolate(
+                    out.pred_masks[:, j : j + 1], size=size, mode="bilinear", align_corners=False
+                )
+                logit = torch.maximum(logit, mask[0, 0].sigmoid() * scores[j])
+    if settings.use_semantic:
+        sem = F.interpolate(out.semantic_seg, size=size, mode="bilinear", align_corners=False)
+        logit = torch.maximum(logit, sem[0, 0].sigmoid())
+    if settings.use_presence:
+        logit = logit * presence
+    return logit, presence

@@ -17,7 +17,7 @@ window placement and the fusion rules, and agree to 1e-5 in float32 (tested).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ..errors import InputError
 from ..model.load import LoadedModel, load_model
 from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
 from ..model.tokenizer import tokenize
+from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens, parse_refine
 from .fusion import instance_max, labels_from_logits, names_to_classes, semantic_probs
 from .preprocess import preprocess
 from .reference import reference_view_logits
@@ -38,9 +39,6 @@ from .vocabulary import Vocabulary
 from .windows import Window, views_for
 
 logger = logging.getLogger(__name__)
-
-#: ``refine(tokens [B, N, C], grid (h, w)) -> tokens [B, N, C]``, applied after the fusion encoder.
-TokenRefiner = Callable[[Tensor, tuple[int, int]], Tensor]
 
 
 @dataclass
@@ -70,7 +68,8 @@ class Segmentor:
         model: a :class:`LoadedModel`, or anything :func:`load_model` accepts.
         classes: the vocabulary (``"a,b;c"``, a list, or a :class:`Vocabulary`).
         settings: base settings; keyword ``overrides`` replace single fields.
-        refiner: optional token refinement between fusion encoder and decoders.
+        refiner: a refiner object (``refine(tokens, grid, context)``, see
+            :mod:`ovearth.refine`) used instead of ``settings.refine``, e.g. your own.
         **overrides: fields of :class:`SegmentSettings`.
 
     Raises:
@@ -83,7 +82,7 @@ class Segmentor:
         model: LoadedModel | str | Path,
         classes: str | Sequence[str | Sequence[str]] | Vocabulary,
         settings: SegmentSettings | None = None,
-        refiner: TokenRefiner | None = None,
+        refiner: Refiner | RefinePipeline | None = None,
         **overrides: Any,
     ) -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -91,7 +90,17 @@ class Segmentor:
         self.settings = (settings or SegmentSettings()).replace(**overrides)
         if self.settings.bg_idx >= len(self.vocabulary) and self.settings.prob_thd > 0:
             logger.info("bg_idx %d is not one of the %d classes", self.settings.bg_idx, len(self.vocabulary))
-        self.refiner = refiner
+        if refiner is None:
+            self.pipeline = parse_refine(self.settings.refine)
+        else:
+            self.pipeline = refiner if isinstance(refiner, RefinePipeline) else RefinePipeline((refiner,))
+        # canonical spec (every parameter written out): recorded in results and cache keys
+        self.settings = self.settings.replace(refine=_spec(self.pipeline))
+        if self.pipeline.first_pass:
+            raise InputError(
+                f"Refiners needing a first pass ({', '.join(sorted(self.pipeline.first_pass))}) are not "
+                "supported by this version."
+            )
         self.stages = Sam3Stages(self.loaded.model)
         self._text: TextFeatures | None = None
 
@@ -192,22 +201,28 @@ class Segmentor:
     def _window_logits(self, image: Tensor, windows: list[Window]) -> list[tuple[Tensor, Tensor]]:
         size = self.stages.image_size
         dtype = self.stages.dtype
-        pixels = torch.stack([preprocess(image[:, w.y1 : w.y2, w.x1 : w.x2], size, dtype) for w in windows])
+        crops = [image[:, w.y1 : w.y2, w.x1 : w.x2] for w in windows]
+        pixels = torch.stack([preprocess(crop, size, dtype) for crop in crops])
         if self.settings.mode == "reference":
             names = self.vocabulary.names
             return [
                 reference_view_logits(
-                    self.loaded, pixels[i : i + 1], w.size, names, self.settings, self.refiner
+                    self.loaded, pixels[i : i + 1], crop, names, self.settings, self.pipeline
                 )
-                for i, w in enumerate(windows)
+                for i, crop in enumerate(crops)
             ]
         vision = self.stages.encode_images(pixels)
-        return [self._view_logits_fast(vision.view(i), w.size) for i, w in enumerate(windows)]
+        return [self._view_logits_fast(vision.view(i), crop) for i, crop in enumerate(crops)]
 
-    def _view_logits_fast(self, vision: VisionFeatures, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _view_logits_fast(self, vision: VisionFeatures, crop: Tensor) -> tuple[Tensor, Tensor]:
         """All names of one view, in prompt batches: ``([P, h, w], [P])``."""
         s = self.settings
         stages = self.stages
+        size = (int(crop.shape[-2]), int(crop.shape[-1]))
+        names = self.vocabulary.names
+        cache: dict = {}  # per-view scratch space shared by the refiners
+        if self.pipeline and s.refine_at == "backbone":
+            vision = refine_backbone(vision, self.pipeline, RefineContext(view=crop, cache=cache))
         text = self.text_features
         num_names = text.features.shape[0]
         batch = self.prompt_batch
@@ -216,8 +231,13 @@ class Segmentor:
         for start in range(0, num_names, batch):
             chunk = slice(start, min(start + batch, num_names))
             fused = stages.fuse(vision, text.select(chunk))
-            tokens = fused.tokens if self.refiner is None else self.refiner(fused.tokens, fused.grid)
-            decoded = stages.decode(fused, tokens)
+            for_decoder = for_mask = fused.tokens
+            if self.pipeline and s.refine_at == "fusion":
+                context = RefineContext(prompts=names[chunk], view=crop, cache=cache)
+                refined = self.pipeline(fused.tokens, fused.grid, context)
+                for_decoder = refined if s.refine_for in ("both", "decoder") else fused.tokens
+                for_mask = refined if s.refine_for in ("both", "mask") else fused.tokens
+            decoded = stages.decode(fused, for_decoder)
             scores, presence = decoded.scores()
             keep = (
                 scores > s.confidence_threshold if s.use_instances else torch.zeros_like(scores, dtype=bool)
@@ -226,7 +246,7 @@ class Segmentor:
             if not (s.use_semantic or any(kept_any)):
                 presence_all[chunk] = presence
                 continue
-            pixel_embed = stages.pixel_embed(vision, fused, tokens)
+            pixel_embed = stages.pixel_embed(vision, fused, for_mask)
             term = torch.zeros(len(kept_any), *size, device=stages.device)
             for b, any_kept in enumerate(kept_any):  # a loop over prompts, not instances
                 if any_kept:
@@ -239,6 +259,23 @@ class Segmentor:
             logits[chunk] = term
             presence_all[chunk] = presence
         return logits, presence_all
+
+
+def refine_backbone(
+    vision: VisionFeatures, pipeline: RefinePipeline, context: RefineContext
+) -> VisionFeatures:
+    """Refine the coarsest backbone level ``[V, C, h, w]`` (the tokens the fusion encoder reads)."""
+    level = vision.levels[-1]
+    refined = as_grid(pipeline(as_tokens(level), tuple(level.shape[-2:]), context), tuple(level.shape[-2:]))
+    return VisionFeatures(levels=[*vision.levels[:-1], refined], pos=vision.pos)
+
+
+def _spec(pipeline: RefinePipeline) -> str:
+    """Canonical spec; plain callables are named ``custom.<qualified name>``."""
+    return "+".join(
+        r.spec() if isinstance(r, Refiner) else f"custom.{getattr(r, '__qualname__', type(r).__qualname__)}"
+        for r in pipeline.refiners
+    )
 
 
 def _as_chw_uint8(image: np.ndarray | Tensor) -> Tensor:

@@ -10,6 +10,8 @@ from ..errors import InputError
 from .windows import check_slide
 
 MODES = ("fast", "reference")
+REFINE_AT = ("fusion", "backbone")
+REFINE_FOR = ("both", "decoder", "mask")
 
 #: Default prompt batch on GPUs and other accelerators.
 ACCELERATOR_PROMPT_BATCH = 16
@@ -48,6 +50,9 @@ class SegmentSettings:
     mode: str = "fast"
     prompt_batch: int | None = None
     view_batch: int = 1
+    refine: str = ""
+    refine_at: str = "fusion"
+    refine_for: str = "both"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
@@ -61,6 +66,15 @@ class SegmentSettings:
         if self.bg_idx < 0:
             raise InputError(f"bg_idx must be >= 0, got {self.bg_idx}.")
         check_slide(self.slide_crop, self.slide_stride)
+        if self.refine_at not in REFINE_AT:
+            raise InputError(f"refine_at must be one of {', '.join(REFINE_AT)}, got '{self.refine_at}'.")
+        if self.refine_for not in REFINE_FOR:
+            raise InputError(f"refine_for must be one of {', '.join(REFINE_FOR)}, got '{self.refine_for}'.")
+        if self.refine_at == "backbone" and self.refine_for != "both":
+            raise InputError(
+                "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
+                "and so both consumers (use refine_for=both)."
+            )
 
     def replace(self, **changes: Any) -> SegmentSettings:
         """A copy with some fields changed (unknown names raise InputError)."""
