@@ -294,6 +294,64 @@ def eval_(
         err.print(f"{protocol.title}: {scores}  ({count}) -> {output}/metrics.json")
 
 
+@app.command()
+def ablate(
+    datasets: Annotated[str, typer.Option(help="Comma-separated protocols, e.g. loveda,potsdam.")],
+    data_root_map: Annotated[Path, typer.Option(help="YAML mapping each dataset name to its data root.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    grid: Annotated[str | None, typer.Option(help="'paper' (MISSION.md part 3) or a grid YAML.")] = None,
+    refine: Annotated[
+        list[str] | None, typer.Option(help="A refinement to compare (repeatable), instead of --grid.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Only the first N images of each dataset.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Compare token refinements with the unrefined baseline on benchmark datasets."""
+    _setup_logging(verbose)
+    from .ablate import load_grid, load_roots, run_ablation, settings_from_specs
+
+    if (grid is None) == (not refine):
+        raise InputError("Give exactly one of --grid (paper or a YAML file) or one or more --refine SPEC.")
+    settings = load_grid(grid) if grid is not None else settings_from_specs(refine or [])
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names:
+        raise InputError("--datasets is empty; give protocol names like loveda,potsdam.")
+    roots = load_roots(data_root_map, names)
+    device_name = resolve_device(device)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and device == "auto" and device_name == "cuda":
+        device_name = f"cuda:{local_rank}"
+    from .model.load import load_model
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    show = err.is_terminal and os.environ.get("RANK", "0") == "0"
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task("ablation", total=len(names) * len(settings))
+
+        def progress(dataset: str, setting: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"{dataset}: {setting}")
+
+        results = run_ablation(loaded, roots, settings, output, limit=limit, progress=progress)
+    if os.environ.get("RANK", "0") == "0":
+        for dataset, rows in results.items():
+            base = rows["baseline"]["mIoU"]
+            best = max(rows, key=lambda s, rows=rows: rows[s]["mIoU"])
+            err.print(f"{dataset}: baseline mIoU {base:.2f}; best {best} {rows[best]['mIoU']:.2f}")
+        err.print(f"wrote {output}/ablation.md, ablation.csv, ablation.png")
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     directory: Annotated[Path, typer.Argument(help="Folder to write the model into.")],
