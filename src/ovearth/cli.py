@@ -352,6 +352,51 @@ def ablate(
         err.print(f"wrote {output}/ablation.md, ablation.csv, ablation.png")
 
 
+@app.command()
+def tokens(
+    image: Annotated[Path, typer.Argument(help="One image (GeoTIFF, PNG, JPEG).")],
+    refine: Annotated[str, typer.Option(help="The refinement to inspect, e.g. 'lowpass:r=12,b=0.2'.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Dataset protocol for classes and thresholds.")] = None,
+    refine_at: Annotated[str, typer.Option(help="fusion or backbone.")] = "fusion",
+    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Show what a refinement does: token energy and spectrum before/after, and each class's logit change."""
+    _setup_logging(verbose)
+    from .data.protocols import load_protocol
+    from .data.raster import parse_bands, read_image
+    from .segment.settings import SegmentSettings
+    from .segment.vocabulary import Vocabulary
+
+    if (classes is None) == (preset is None):
+        raise InputError("Give exactly one of --classes 'a,b;c' or --preset NAME.")
+    if preset is not None:
+        protocol = load_protocol(preset)
+        vocabulary, base = protocol.vocabulary, protocol.settings
+    else:
+        vocabulary, base = Vocabulary.parse(classes or ""), SegmentSettings()
+    settings = base.replace(refine=refine, refine_at=refine_at, refine_for=refine_for)
+    picture = read_image(image, bands=parse_bands(bands))
+    device_name = resolve_device(device)
+    from .model.load import load_model
+    from .probe.tokens import token_report
+    from .segment.segmentor import Segmentor
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    summary = token_report(Segmentor(loaded, vocabulary, settings=settings), picture.rgb, output)
+    err.print(
+        f"{summary['refine']}: {100 * summary['label_change']:.2f} % of labels change -> {output}/tokens.png"
+    )
+
+
 @app.command("make-tiny-model")
 def make_tiny_model(
     directory: Annotated[Path, typer.Argument(help="Folder to write the model into.")],

@@ -30,8 +30,8 @@ class RefineContext:
         view: ``[3, h, w]`` uint8 RGB of the view being segmented (for image models
             such as CLIP).
         presence_logits: ``[B]`` presence logits of a first pass (two-pass refiners).
-        patch_weights: ``[B, N]`` patch importance of a first pass, summing to 1 over
-            ``N`` (two-pass refiners).
+        patch_weights: ``{kind: [B, N]}`` patch importance from a first pass's decoder
+            attention (``"queries"``, ``"presence"``), each summing to 1 over ``N``.
         cache: per-view scratch space (e.g. CLIP features computed once per view).
 
     """
@@ -39,7 +39,7 @@ class RefineContext:
     prompts: list[str] | None = None
     view: Tensor | None = None
     presence_logits: Tensor | None = None
-    patch_weights: Tensor | None = None
+    patch_weights: dict[str, Tensor] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,3 +1,3 @@
 """Imports every built-in refiner module so that each registers itself."""
 
-from . import smooth  # noqa: F401
+from . import attention, clip, laplacian, lowpass, presence, smooth  # noqa: F401

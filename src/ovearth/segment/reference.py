@@ -16,6 +16,7 @@ from torch import Tensor
 from ..model.load import LoadedModel
 from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, as_grid, as_tokens
+from ..refine.first_pass import first_pass
 from .settings import SegmentSettings
 
 
@@ -61,6 +62,13 @@ def reference_view_logits(
         if refining and settings.refine_at == "fusion":
             grid = tuple(vision.fpn_hidden_states[2].shape[-2:])
             context = RefineContext(prompts=[name], view=crop, cache=cache)
+            if pipeline.first_pass:  # an unrefined forward first (slow and plain: this is the oracle)
+                first_pass(
+                    model,
+                    pipeline,
+                    context,
+                    lambda name=name: _forward(loaded, vision, name, pixel_values.device),
+                )
             targets = {"decoder": [model.detr_decoder], "mask": [model.mask_decoder]}
             targets["both"] = targets["decoder"] + targets["mask"]
             key = {model.detr_decoder: "vision_features", model.mask_decoder: "encoder_hidden_states"}
@@ -91,6 +99,16 @@ def _refining_hook(argument: str, pipeline: RefinePipeline, grid: tuple, context
     return hook
 
 
+def _forward(loaded: LoadedModel, vision, name: str, device: torch.device):
+    """``Sam3Model.forward`` for one prompt name on cached vision features."""
+    tokens = tokenize(loaded.tokenizer, [name])
+    return loaded.model(
+        vision_embeds=vision,
+        input_ids=tokens.input_ids.to(device),
+        attention_mask=tokens.attention_mask.to(device),
+    )
+
+
 def _one_name(
     loaded: LoadedModel,
     vision,
@@ -100,12 +118,7 @@ def _one_name(
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
     """SegEarth-OV3's rules for one name on ``Sam3Model.forward``'s outputs."""
-    tokens = tokenize(loaded.tokenizer, [name])
-    out = loaded.model(
-        vision_embeds=vision,
-        input_ids=tokens.input_ids.to(device),
-        attention_mask=tokens.attention_mask.to(device),
-    )
+    out = _forward(loaded, vision, name, device)
     presence = out.presence_logits[0, 0].sigmoid()
     scores = out.pred_logits[0].sigmoid() * presence
     logit = torch.zeros(size, dtype=torch.float32, device=device)

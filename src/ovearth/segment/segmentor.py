@@ -31,6 +31,7 @@ from ..model.load import LoadedModel, load_model
 from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
 from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens, parse_refine
+from ..refine.first_pass import first_pass
 from .fusion import instance_max, labels_from_logits, names_to_classes, semantic_probs
 from .preprocess import preprocess
 from .reference import reference_view_logits
@@ -96,10 +97,10 @@ class Segmentor:
             self.pipeline = refiner if isinstance(refiner, RefinePipeline) else RefinePipeline((refiner,))
         # canonical spec (every parameter written out): recorded in results and cache keys
         self.settings = self.settings.replace(refine=_spec(self.pipeline))
-        if self.pipeline.first_pass:
+        if self.pipeline.first_pass and self.settings.refine_at != "fusion":
             raise InputError(
-                f"Refiners needing a first pass ({', '.join(sorted(self.pipeline.first_pass))}) are not "
-                "supported by this version."
+                f"Refiners reading a first decoder pass ({', '.join(sorted(self.pipeline.first_pass))}) work "
+                "per prompt: use refine_at=fusion."
             )
         self.stages = Sam3Stages(self.loaded.model)
         self._text: TextFeatures | None = None
@@ -234,6 +235,8 @@ class Segmentor:
             for_decoder = for_mask = fused.tokens
             if self.pipeline and s.refine_at == "fusion":
                 context = RefineContext(prompts=names[chunk], view=crop, cache=cache)
+                if self.pipeline.first_pass:
+                    first_pass(stages.model, self.pipeline, context, lambda fused=fused: stages.decode(fused))
                 refined = self.pipeline(fused.tokens, fused.grid, context)
                 for_decoder = refined if s.refine_for in ("both", "decoder") else fused.tokens
                 for_mask = refined if s.refine_for in ("both", "mask") else fused.tokens

@@ -1,0 +1,1 @@
+"""Looking inside SAM 3: attention collectors and audits."""
