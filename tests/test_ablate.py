@@ -36,6 +36,17 @@ def test_ablation_tables_match_the_evaluations(tiny, roots, tmp_path):
     assert (tmp_path / "ablation.png").stat().st_size > 1000
 
 
+def test_paper_grid_covers_mission_part_3():
+    grid = load_grid("paper")
+    specs = " ".join(s.refine for s in grid)
+    assert grid[0].name == "baseline" and len(grid) == 11
+    wanted = ("smooth:a=0.2", "lowpass:r=12,b=0.2", "clip:mode=affinity", "clip:mode=text", "laplacian:")
+    for refiner in wanted:
+        assert refiner in specs
+    assert {s.refine_for for s in grid} == {"both", "decoder", "mask"}
+    assert "backbone" in {s.refine_at for s in grid}
+
+
 def test_grid_files_are_validated(tmp_path):
     good = tmp_path / "g.yaml"
     good.write_text("settings:\n  - {name: dec, refine: 'smooth:a=0.3', refine_for: decoder}\n")

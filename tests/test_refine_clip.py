@@ -229,3 +229,27 @@ def test_grammar_builds_the_refiner_and_rejects_bad_values(clip_dir):
 def test_builtins_register_clip_in_a_fresh_interpreter():
     code = "from ovearth.refine import list_refiners; assert 'clip' in list_refiners(), list_refiners()"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "smooth:a=0",
+        "lowpass:b=0",
+        "laplacian:lam=0",
+        "clip:w=0",
+        "clip:mode=text,g=0",
+        "presence:s=0",
+        "attention:g=0",
+    ],
+)
+def test_zero_strength_segmentation_is_bit_identical(tiny, spec):
+    """Every refiner at strength 0 leaves the whole segmentation output bit for bit unchanged."""
+    from ovearth import Segmentor
+    from tests.conftest import make_image
+
+    image = make_image(21, 80, 96)
+    plain = Segmentor(tiny, "road;tree,forest;water").predict(image)
+    zero = Segmentor(tiny, "road;tree,forest;water", refine=spec).predict(image)
+    assert torch.equal(plain.class_logits, zero.class_logits) and torch.equal(plain.presence, zero.presence)
+    assert (plain.labels == zero.labels).all()

@@ -28,7 +28,7 @@ from torch import Tensor
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
 from ..errors import ModelNotFoundError
-from .load import _looks_like_path, _quiet_hub, _quiet_transformers
+from .load import looks_like_path, quiet_hub, quiet_transformers
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def load_clip(
 
 
 def _load_model(model_id: str) -> CLIPModel:
-    _quiet_transformers()
+    quiet_transformers()
     path = Path(model_id).expanduser()
-    if _looks_like_path(model_id):
+    if looks_like_path(model_id):
         if not (path / "config.json").is_file():
             why = "no config.json there" if path.is_dir() else "no such directory"
             raise ModelNotFoundError(
@@ -91,7 +91,7 @@ def _load_model(model_id: str) -> CLIPModel:
     except OSError:
         logger.info("%s is not in the local Hugging Face cache; trying the hub", model_id)
         try:
-            with _quiet_hub():
+            with quiet_hub():
                 model = CLIPModel.from_pretrained(model_id)
         except OSError as error:
             raise ModelNotFoundError(

@@ -59,11 +59,12 @@ class LoadedModel:
     fingerprint: str
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """True when ``spec`` names a file or folder rather than a hub id."""
     return spec.startswith((".", "/", "~")) or Path(spec).suffix in {".pt", ".pth"} or Path(spec).exists()
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Keep transformers' own progress bars out of the user's terminal."""
     from transformers.utils import logging as hf_logging
 
@@ -88,10 +89,10 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, attn_implementation: str = "
         CheckpointError: a file exists but is not a loadable SAM 3 checkpoint.
 
     """
-    _quiet_transformers()
+    quiet_transformers()
     text = str(spec)
     path = Path(text).expanduser()
-    if _looks_like_path(text):
+    if looks_like_path(text):
         if not path.exists():
             raise ModelNotFoundError(f"SAM 3 weights not found at '{path}': no such file or directory.")
         if path.is_file():
@@ -154,7 +155,7 @@ def _load_hub(repo_id: str, attn_implementation: str) -> tuple[Sam3Model, list[P
     except OSError:
         logger.info("%s is not in the local Hugging Face cache; trying the hub", repo_id)
         try:
-            with _quiet_hub():
+            with quiet_hub():
                 model = Sam3Model.from_pretrained(repo_id, **kwargs)
         except OSError as error:
             raise ModelNotFoundError(
@@ -174,7 +175,7 @@ def _load_hub(repo_id: str, attn_implementation: str) -> tuple[Sam3Model, list[P
 
 
 @contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
+def quiet_hub() -> Iterator[None]:
     """Silence the hub client's per-retry warnings; a failure ends in one sentence of ours."""
     loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers")]
     levels = [lg.level for lg in loggers]

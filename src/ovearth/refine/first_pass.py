@@ -24,8 +24,10 @@ def first_pass(
             (``[B]`` or ``[B, 1]``).
 
     """
+    if "attention" not in pipeline.first_pass:  # the presence logit alone needs no probe
+        context.presence_logits = decode().presence_logits.reshape(-1)
+        return
     with DecoderAttention(model) as probe:
         out = decode()
     context.presence_logits = out.presence_logits.reshape(-1)
-    if "attention" in pipeline.first_pass:
-        context.patch_weights = {kind: probe.patch_weights(kind) for kind in ("queries", "presence")}
+    context.patch_weights = {kind: probe.patch_weights(kind) for kind in ("queries", "presence")}
