@@ -1,0 +1,104 @@
+"""The ``ovearth`` Typer app, and what every command shares.
+
+Every user mistake becomes one line on stderr and a non-zero exit code (1 for bad
+input, 2 for missing or unloadable weights); commands write only inside their ``-o``
+folder and record the settings they ran with there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..errors import InputError, OvearthError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Open-vocabulary segmentation of remote-sensing images with SAM 3 (SegEarth-OV3, exact and fast).",
+)
+err = Console(stderr=True)
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> ``cuda`` when available (``cuda:LOCAL_RANK`` under torchrun) else ``cpu``.
+
+    Raises:
+        InputError: an unknown device, or CUDA asked for but absent.
+
+    """
+    import torch
+
+    if spec == "auto":
+        if not torch.cuda.is_available():
+            return "cpu"
+        local_rank = os.environ.get("LOCAL_RANK")
+        return f"cuda:{local_rank}" if local_rank is not None else "cuda"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device '{spec}' is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {spec} was asked for but no CUDA device is available; use --device cpu.")
+    return spec
+
+
+def setup_logging(verbose: bool) -> None:
+    """Library logs to stderr through rich (INFO with -v, else WARNING)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+        force=True,
+    )
+
+
+def vocabulary_and_settings(classes: str | None, preset: str | None):
+    """The vocabulary and base settings from ``--classes`` or ``--preset``.
+
+    Raises:
+        InputError: both or neither given, a bad class list, an unknown preset.
+
+    """
+    from ..data.protocols import load_protocol
+    from ..segment.settings import SegmentSettings
+    from ..segment.vocabulary import Vocabulary
+
+    if (classes is None) == (preset is None):
+        raise InputError("Give exactly one of --classes 'a,b;c' or --preset NAME.")
+    if preset is not None:
+        protocol = load_protocol(preset)
+        return protocol.vocabulary, protocol.settings
+    return Vocabulary.parse(classes or ""), SegmentSettings()
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun worker of rank > 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except OvearthError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as done:
+        code = getattr(done, "exit_code", getattr(done, "code", 0))
+        sys.exit(code)
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

@@ -1,0 +1,159 @@
+"""Commands on benchmark datasets: ``eval`` and ``ablate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..constants import DEFAULT_MODEL
+from ..errors import InputError
+from .app import app, err, is_main_process, resolve_device, setup_logging
+
+
+@app.command("eval")
+def eval_(
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output folder (reports and resumable cache).")
+    ],
+    data_root: Annotated[
+        Path, typer.Option(help="Root folder of the dataset, laid out as the protocol says.")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option(help="Built-in protocol, e.g. loveda (see `ovearth datasets`).")
+    ] = None,
+    dataset_config: Annotated[Path | None, typer.Option(help="Your own protocol YAML, same schema.")] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
+    ] = "auto",
+    mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip (and list) bad images instead of stopping.")
+    ] = False,
+    save_predictions: Annotated[
+        bool, typer.Option("--save-predictions", help="Keep colour label maps.")
+    ] = False,
+    confidence_threshold: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
+    prob_thd: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
+    prompt_batch: Annotated[
+        int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
+    ] = None,
+    refine: Annotated[
+        str, typer.Option(help="Token refinement, e.g. 'smooth:a=0.2' (see `ovearth refiners`).")
+    ] = "",
+    refine_at: Annotated[
+        str, typer.Option(help="fusion (per prompt) or backbone (once per view).")
+    ] = "fusion",
+    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
+    setup_logging(verbose)
+    from ..data.datasets import SegmentationDataset
+    from ..data.protocols import load_protocol
+
+    if (dataset is None) == (dataset_config is None):
+        raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
+    protocol = load_protocol(dataset if dataset is not None else dataset_config)
+    data = SegmentationDataset(protocol, data_root, limit=limit)
+    overrides = dict(confidence_threshold=confidence_threshold, prob_thd=prob_thd)
+    settings = protocol.settings.replace(
+        mode=mode,
+        prompt_batch=prompt_batch,
+        refine=refine,
+        refine_at=refine_at,
+        refine_for=refine_for,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    device_name = resolve_device(device)
+
+    from ..evaluate import EvalOptions, evaluate
+    from ..model.load import load_model
+    from ..segment.segmentor import Segmentor
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    segmentor = Segmentor(loaded, protocol.vocabulary, settings=settings)
+    options = EvalOptions(skip_bad=skip_bad, save_predictions=save_predictions)
+    show = err.is_terminal and is_main_process()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("mIoU {task.fields[miou]}"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task(protocol.name, total=None, miou="-")
+
+        def progress(done: int, total: int, miou: float) -> None:
+            bar.update(task, completed=done, total=total, miou=f"{miou:.2f}")
+
+        result = evaluate(segmentor, data, output, options, progress)
+    if is_main_process():
+        skipped = f", {len(result['skipped'])} skipped" if result["skipped"] else ""
+        scores = "  ".join(f"{key} {result[key]:.2f}" for key in ("mIoU", "mAcc", "aAcc"))
+        count = f"{result['num_images']} images{skipped}"
+        err.print(f"{protocol.title}: {scores}  ({count}) -> {output}/metrics.json")
+
+
+@app.command()
+def ablate(
+    datasets: Annotated[str, typer.Option(help="Comma-separated protocols, e.g. loveda,potsdam.")],
+    data_root_map: Annotated[Path, typer.Option(help="YAML mapping each dataset name to its data root.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    grid: Annotated[str | None, typer.Option(help="'paper' (MISSION.md part 3) or a grid YAML.")] = None,
+    refine: Annotated[
+        list[str] | None, typer.Option(help="A refinement to compare (repeatable), instead of --grid.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Only the first N images of each dataset.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Compare token refinements with the unrefined baseline on benchmark datasets."""
+    setup_logging(verbose)
+    from ..ablate import load_grid, load_roots, run_ablation, settings_from_specs
+
+    if (grid is None) == (not refine):
+        raise InputError("Give exactly one of --grid (paper or a YAML file) or one or more --refine SPEC.")
+    settings = load_grid(grid) if grid is not None else settings_from_specs(refine or [])
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names:
+        raise InputError("--datasets is empty; give protocol names like loveda,potsdam.")
+    roots = load_roots(data_root_map, names)
+    device_name = resolve_device(device)
+    from ..model.load import load_model
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    show = err.is_terminal and is_main_process()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    ) as bar:
+        task = bar.add_task("ablation", total=len(names) * len(settings))
+
+        def progress(dataset: str, setting: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"{dataset}: {setting}")
+
+        results = run_ablation(loaded, roots, settings, output, limit=limit, progress=progress)
+    if is_main_process():
+        for dataset, rows in results.items():
+            base = rows["baseline"]["mIoU"]
+            best = max(rows, key=lambda s, rows=rows: rows[s]["mIoU"])
+            err.print(f"{dataset}: baseline mIoU {base:.2f}; best {best} {rows[best]['mIoU']:.2f}")
+        err.print(f"wrote {output}/ablation.md, ablation.csv, ablation.png")

@@ -1,0 +1,180 @@
+"""Commands on images: ``segment`` and ``tokens``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .. import __version__
+from ..constants import DEFAULT_MODEL
+from ..data.atomic import write_text_atomic
+from .app import app, err, resolve_device, setup_logging, vocabulary_and_settings
+
+
+@app.command()
+def segment(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (GeoTIFF, PNG, JPEG) or folders of them.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Dataset protocol (classes and thresholds), e.g. loveda; see `ovearth datasets`."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    mode: Annotated[str, typer.Option(help="fast, or reference (the plain per-name loop).")] = "fast",
+    confidence_threshold: Annotated[
+        float | None, typer.Option(help="Keep instances scoring above this.")
+    ] = None,
+    prob_thd: Annotated[
+        float | None, typer.Option(help="Pixels with max logit below this get --bg-idx.")
+    ] = None,
+    bg_idx: Annotated[int | None, typer.Option(help="Label of low-confidence pixels.")] = None,
+    slide_crop: Annotated[int | None, typer.Option(help="Sliding-window size (0: whole image).")] = None,
+    slide_stride: Annotated[int | None, typer.Option(help="Sliding-window step.")] = None,
+    instances: Annotated[
+        bool | None, typer.Option("--instances/--no-instances", help="Instance term.")
+    ] = None,
+    semantic: Annotated[bool | None, typer.Option("--semantic/--no-semantic", help="Semantic term.")] = None,
+    presence: Annotated[
+        bool | None, typer.Option("--presence/--no-presence", help="Presence factor.")
+    ] = None,
+    prompt_batch: Annotated[
+        int | None, typer.Option(help="Prompts per batch (memory bound); default 1 on CPU, 16 on GPU.")
+    ] = None,
+    refine: Annotated[
+        str,
+        typer.Option(
+            help="Token refinement, e.g. 'smooth:a=0.2+lowpass:r=12,b=0.2' (see `ovearth refiners`)."
+        ),
+    ] = "",
+    refine_at: Annotated[
+        str, typer.Option(help="fusion (per prompt) or backbone (once per view).")
+    ] = "fusion",
+    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
+    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
+    stretch: Annotated[
+        str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
+    ] = "percentile",
+    probs: Annotated[
+        bool, typer.Option("--probs", help="Also write per-class logits (<stem>_probs.tif).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Segment images; write labels, overlays and (with --probs) class logits into -o."""
+    setup_logging(verbose)
+    from ..data.raster import check_image, parse_bands
+    from ..segment.files import collect_images, segment_file
+
+    vocabulary, base = vocabulary_and_settings(classes, preset)
+    overrides = dict(
+        confidence_threshold=confidence_threshold,
+        prob_thd=prob_thd,
+        bg_idx=bg_idx,
+        slide_crop=slide_crop,
+        slide_stride=slide_stride,
+        use_instances=instances,
+        use_semantic=semantic,
+        use_presence=presence,
+    )
+    settings = base.replace(
+        mode=mode,
+        prompt_batch=prompt_batch,
+        refine=refine,
+        refine_at=refine_at,
+        refine_for=refine_for,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    band_choice = parse_bands(bands)
+    files = collect_images(images)
+    for file in files:  # fail on any bad input before the model loads or anything is written
+        check_image(file, band_choice)
+    device_name = resolve_device(device)
+
+    from ..model.load import load_model
+    from ..segment.segmentor import Segmentor
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    segmentor = Segmentor(loaded, vocabulary, settings=settings)
+    results = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("segmenting", total=len(files))
+        for file in files:
+            progress.update(task, description=file.name)
+            prediction, written = segment_file(segmentor, file, output, band_choice, stretch, probs)
+            names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
+            results.append(
+                {
+                    "image": str(file),
+                    "outputs": {k: str(v) for k, v in written.items()},
+                    "presence": dict(zip(names, presence, strict=True)),
+                }
+            )
+            progress.advance(task)
+    record = {
+        "ovearth": __version__,
+        "command": "segment",
+        "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
+        "device": device_name,
+        "classes": str(vocabulary),
+        "preset": preset,
+        "settings": settings.to_dict(),
+        "bands": band_choice,
+        "stretch": stretch,
+        "images": results,
+    }
+    write_text_atomic(Path(output) / "run.json", json.dumps(record, indent=2) + "\n")
+    err.print(f"wrote {len(results)} result(s) to {output}")
+
+
+@app.command()
+def tokens(
+    image: Annotated[Path, typer.Argument(help="One image (GeoTIFF, PNG, JPEG).")],
+    refine: Annotated[str, typer.Option(help="The refinement to inspect, e.g. 'lowpass:r=12,b=0.2'.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Dataset protocol for classes and thresholds.")] = None,
+    refine_at: Annotated[str, typer.Option(help="fusion or backbone.")] = "fusion",
+    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Show what a refinement does: token energy and spectrum before/after, and each class's logit change."""
+    setup_logging(verbose)
+    from ..data.raster import parse_bands, read_image
+
+    vocabulary, base = vocabulary_and_settings(classes, preset)
+    settings = base.replace(refine=refine, refine_at=refine_at, refine_for=refine_for)
+    picture = read_image(image, bands=parse_bands(bands))
+    device_name = resolve_device(device)
+    from ..model.load import load_model
+    from ..probe.tokens import token_report
+    from ..segment.segmentor import Segmentor
+
+    loaded = load_model(model)
+    loaded.model.to(device_name)
+    summary = token_report(Segmentor(loaded, vocabulary, settings=settings), picture.rgb, output)
+    err.print(
+        f"{summary['refine']}: {100 * summary['label_change']:.2f} % of labels change -> {output}/tokens.png"
+    )
