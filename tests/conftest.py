@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,16 @@ def make_image(seed: int, height: int, width: int) -> np.ndarray:
     base = np.stack([np.sin(6 * xx + seed), np.cos(5 * yy - seed), np.sin(4 * (xx + yy))], axis=-1)
     img = 127 + 90 * base + rng.normal(0, 20, (height, width, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """Run ``ovearth ARGS`` in-process; return the exit code and what went to stderr."""
+    from ovearth.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ovearth", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code or 0
+    return code, capsys.readouterr().err

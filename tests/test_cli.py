@@ -10,24 +10,12 @@ import pytest
 import rasterio
 from PIL import Image
 
-from ovearth.cli import main
-
-from .conftest import make_image
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["ovearth", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    return code, capsys.readouterr().err
+from .conftest import make_image, run_cli
 
 
 def test_segment_geotiff_keeps_georeferencing(monkeypatch, capsys, tmp_path, tiny_dir, samples):
     out = tmp_path / "out"
-    code, err = run(
+    code, err = run_cli(
         monkeypatch,
         capsys,
         "segment",
@@ -62,7 +50,7 @@ def test_folder_of_png_and_jpeg_gives_png_labels(monkeypatch, capsys, tmp_path, 
     folder.mkdir()
     Image.fromarray(make_image(0, 90, 120)).save(folder / "a.png")
     Image.fromarray(make_image(1, 100, 80)).save(folder / "b.jpg", quality=95)
-    code, err = run(
+    code, err = run_cli(
         monkeypatch,
         capsys,
         "segment",
@@ -82,7 +70,7 @@ def test_folder_of_png_and_jpeg_gives_png_labels(monkeypatch, capsys, tmp_path, 
 
 def test_preset_gives_protocol_settings_and_options_override(monkeypatch, capsys, tmp_path, tiny_dir):
     Image.fromarray(make_image(2, 64, 64)).save(tmp_path / "x.png")
-    code, err = run(
+    code, err = run_cli(
         monkeypatch,
         capsys,
         "segment",
@@ -104,7 +92,7 @@ def test_preset_gives_protocol_settings_and_options_override(monkeypatch, capsys
 
 
 def test_all_nodata_raster_warns_and_writes_nodata_labels(monkeypatch, capsys, tmp_path, tiny_dir, samples):
-    code, err = run(
+    code, err = run_cli(
         monkeypatch,
         capsys,
         "segment",
@@ -143,7 +131,7 @@ def test_bad_input_one_sentence_nonzero_exit_no_output(
     monkeypatch, capsys, tmp_path, tiny_dir, samples, inputs, extra, message
 ):
     out = tmp_path / "out"
-    code, err = run(
+    code, err = run_cli(
         monkeypatch, capsys, "segment", *[samples / i for i in inputs], "--model", tiny_dir, *extra, "-o", out
     )
     assert code == 1
@@ -176,7 +164,7 @@ def test_missing_weights_exit_code_2_and_how_to_get_them(tmp_path, samples):
 
 
 def test_make_tiny_model_command(monkeypatch, capsys, tmp_path):
-    code, err = run(
+    code, err = run_cli(
         monkeypatch, capsys, "make-tiny-model", tmp_path / "m", "--seed", "3", "--image-size", "336"
     )
     assert code == 0 and "meaningless" in err

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from ovearth import Segmentor
-from ovearth.cli import main
 from ovearth.data.datasets import SegmentationDataset
 from ovearth.data.protocols import load_protocol
 from ovearth.evaluate import EvalOptions, evaluate
 from ovearth.metrics import compute_metrics, confusion_matrix
+from tests.conftest import run_cli
 from tests.data.make_synthetic import corrupt, make_dataset
 
 PROTOCOL = "loveda"  # reduce_zero_label, synonyms: the demanding case
@@ -147,16 +147,6 @@ def test_two_gloo_processes_equal_one(tiny_dir, data_root, tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert one["world_size"] == 1
     same_metrics(two, one)
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["ovearth", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    return code, capsys.readouterr().err
 
 
 def test_bad_images_stop_or_are_skipped_and_listed(monkeypatch, capsys, tiny_dir, tmp_path):

@@ -77,6 +77,20 @@ def vocabulary_and_settings(classes: str | None, preset: str | None):
     return Vocabulary.parse(classes or ""), SegmentSettings()
 
 
+def given(**options):
+    """The options the user gave (None means "not given": the protocol's value stays)."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def load_on(model: str, device: str):
+    """Load the model (see :func:`ovearth.load_model`) onto a resolved device."""
+    from ..model.load import load_model
+
+    loaded = load_model(model)
+    loaded.model.to(resolve_device(device))
+    return loaded
+
+
 def is_main_process() -> bool:
     """True unless this is a torchrun worker of rank > 0."""
     return os.environ.get("RANK", "0") == "0"

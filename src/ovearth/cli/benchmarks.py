@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
-from .app import app, err, is_main_process, resolve_device, setup_logging
+from .app import app, err, given, is_main_process, load_on, setup_logging
 
 
 @app.command("eval")
@@ -62,23 +62,22 @@ def eval_(
         raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
     protocol = load_protocol(dataset if dataset is not None else dataset_config)
     data = SegmentationDataset(protocol, data_root, limit=limit)
-    overrides = dict(confidence_threshold=confidence_threshold, prob_thd=prob_thd)
     settings = protocol.settings.replace(
-        mode=mode,
-        prompt_batch=prompt_batch,
-        refine=refine,
-        refine_at=refine_at,
-        refine_for=refine_for,
-        **{k: v for k, v in overrides.items() if v is not None},
+        **given(
+            mode=mode,
+            prompt_batch=prompt_batch,
+            refine=refine,
+            refine_at=refine_at,
+            refine_for=refine_for,
+            confidence_threshold=confidence_threshold,
+            prob_thd=prob_thd,
+        )
     )
-    device_name = resolve_device(device)
 
     from ..evaluate import EvalOptions, evaluate
-    from ..model.load import load_model
     from ..segment.segmentor import Segmentor
 
-    loaded = load_model(model)
-    loaded.model.to(device_name)
+    loaded = load_on(model, device)
     segmentor = Segmentor(loaded, protocol.vocabulary, settings=settings)
     options = EvalOptions(skip_bad=skip_bad, save_predictions=save_predictions)
     show = err.is_terminal and is_main_process()
@@ -131,11 +130,8 @@ def ablate(
     if not names:
         raise InputError("--datasets is empty; give protocol names like loveda,potsdam.")
     roots = load_roots(data_root_map, names)
-    device_name = resolve_device(device)
-    from ..model.load import load_model
 
-    loaded = load_model(model)
-    loaded.model.to(device_name)
+    loaded = load_on(model, device)
     show = err.is_terminal and is_main_process()
     with Progress(
         TextColumn("{task.description}"),

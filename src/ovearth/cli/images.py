@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import __version__
 from ..constants import DEFAULT_MODEL
 from ..data.atomic import write_text_atomic
-from .app import app, err, resolve_device, setup_logging, vocabulary_and_settings
+from .app import app, err, given, load_on, setup_logging, vocabulary_and_settings
 
 
 @app.command()
@@ -75,35 +75,31 @@ def segment(
     from ..segment.files import collect_images, segment_file
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
-    overrides = dict(
-        confidence_threshold=confidence_threshold,
-        prob_thd=prob_thd,
-        bg_idx=bg_idx,
-        slide_crop=slide_crop,
-        slide_stride=slide_stride,
-        use_instances=instances,
-        use_semantic=semantic,
-        use_presence=presence,
-    )
     settings = base.replace(
-        mode=mode,
-        prompt_batch=prompt_batch,
-        refine=refine,
-        refine_at=refine_at,
-        refine_for=refine_for,
-        **{k: v for k, v in overrides.items() if v is not None},
+        **given(
+            mode=mode,
+            prompt_batch=prompt_batch,
+            refine=refine,
+            refine_at=refine_at,
+            refine_for=refine_for,
+            confidence_threshold=confidence_threshold,
+            prob_thd=prob_thd,
+            bg_idx=bg_idx,
+            slide_crop=slide_crop,
+            slide_stride=slide_stride,
+            use_instances=instances,
+            use_semantic=semantic,
+            use_presence=presence,
+        )
     )
     band_choice = parse_bands(bands)
     files = collect_images(images)
     for file in files:  # fail on any bad input before the model loads or anything is written
         check_image(file, band_choice)
-    device_name = resolve_device(device)
 
-    from ..model.load import load_model
     from ..segment.segmentor import Segmentor
 
-    loaded = load_model(model)
-    loaded.model.to(device_name)
+    loaded = load_on(model, device)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
     results = []
     with Progress(
@@ -132,7 +128,7 @@ def segment(
         "ovearth": __version__,
         "command": "segment",
         "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
-        "device": device_name,
+        "device": str(next(loaded.model.parameters()).device),
         "classes": str(vocabulary),
         "preset": preset,
         "settings": settings.to_dict(),
@@ -167,13 +163,10 @@ def tokens(
     vocabulary, base = vocabulary_and_settings(classes, preset)
     settings = base.replace(refine=refine, refine_at=refine_at, refine_for=refine_for)
     picture = read_image(image, bands=parse_bands(bands))
-    device_name = resolve_device(device)
-    from ..model.load import load_model
     from ..probe.tokens import token_report
     from ..segment.segmentor import Segmentor
 
-    loaded = load_model(model)
-    loaded.model.to(device_name)
+    loaded = load_on(model, device)
     summary = token_report(Segmentor(loaded, vocabulary, settings=settings), picture.rgb, output)
     err.print(
         f"{summary['refine']}: {100 * summary['label_change']:.2f} % of labels change -> {output}/tokens.png"
