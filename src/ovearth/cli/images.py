@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import __version__
 from ..constants import DEFAULT_MODEL
 from ..data.atomic import write_text_atomic
+from ..errors import InputError
 from .app import app, err, given, load_on, setup_logging, vocabulary_and_settings
 
 
@@ -171,3 +172,39 @@ def tokens(
     err.print(
         f"{summary['refine']}: {100 * summary['label_change']:.2f} % of labels change -> {output}/tokens.png"
     )
+
+
+@app.command()
+def attention(
+    image: Annotated[Path, typer.Argument(help="One image (GeoTIFF, PNG, JPEG).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Dataset protocol for classes and thresholds.")] = None,
+    confidence_threshold: Annotated[
+        float | None, typer.Option(help="Queries kept for the scored map.")
+    ] = None,
+    top: Annotated[
+        int, typer.Option(help="Top-scoring queries shown per class in the layer x head grid.")
+    ] = 3,
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Decoder attention maps per class: overlays, a layer x head grid of the top queries, raw maps."""
+    setup_logging(verbose)
+    from ..data.raster import parse_bands, read_image
+
+    vocabulary, base = vocabulary_and_settings(classes, preset)
+    settings = base.replace(**given(confidence_threshold=confidence_threshold))
+    if top < 1:
+        raise InputError(f"--top must be at least 1, got {top}.")
+    picture = read_image(image, bands=parse_bands(bands))
+    from ..probe.attention_report import attention_report
+    from ..segment.segmentor import Segmentor
+
+    loaded = load_on(model, device)
+    attention_report(Segmentor(loaded, vocabulary, settings=settings), picture.rgb, output, top=top)
+    err.print(f"wrote attention maps for {len(vocabulary)} classes to {output}")
