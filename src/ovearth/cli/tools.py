@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from ..constants import DEFAULT_MODEL
 from ..errors import InputError
-from .app import app, err
+from .app import app, err, load_on
 
 
 @app.command("make-tiny-model")
@@ -56,6 +57,23 @@ def refiners() -> None:
         params = ",".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         typer.echo(f"{name}:{params}\n    {summary}")
+
+
+@app.command()
+def audit(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    model: Annotated[
+        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
+    ] = DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Trace the fused patch tokens through every module that reads them; write audit.md and audit.json."""
+    from ..probe.audit import run_audit, write_audit
+
+    loaded = load_on(model, device)
+    result = run_audit(loaded.model)
+    write_audit(result, output)
+    err.print(f"wrote {output}/audit.md and audit.json")
 
 
 @app.command()
