@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +25,22 @@ app = typer.Typer(
     help="Open-vocabulary segmentation of remote-sensing images with SAM 3 (SegEarth-OV3, exact and fast).",
 )
 err = Console(stderr=True)
+
+# Options shared by several commands (one definition, one help text).
+OutputOption = Annotated[Path, typer.Option("-o", "--output", help="Output folder.")]
+ModelOption = Annotated[str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto, cpu, cuda or cuda:N (auto: cuda:LOCAL_RANK under torchrun).")
+]
+ClassesOption = Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(help="Dataset protocol (classes and thresholds), e.g. loveda; see `ovearth datasets`."),
+]
+BandsOption = Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")]
+RefineAtOption = Annotated[str, typer.Option(help="fusion (per prompt) or backbone (once per view).")]
+RefineForOption = Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")]
+VerboseOption = Annotated[bool, typer.Option("-v", "--verbose")]
 
 
 def resolve_device(spec: str) -> str:

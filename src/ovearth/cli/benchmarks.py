@@ -10,14 +10,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
-from .app import app, err, given, is_main_process, load_on, setup_logging
+from .app import (
+    DeviceOption,
+    ModelOption,
+    OutputOption,
+    RefineAtOption,
+    RefineForOption,
+    VerboseOption,
+    app,
+    err,
+    given,
+    is_main_process,
+    load_on,
+    setup_logging,
+)
 
 
 @app.command("eval")
 def eval_(
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="Output folder (reports and resumable cache).")
-    ],
+    output: OutputOption,
     data_root: Annotated[
         Path, typer.Option(help="Root folder of the dataset, laid out as the protocol says.")
     ],
@@ -25,12 +36,8 @@ def eval_(
         str | None, typer.Option(help="Built-in protocol, e.g. loveda (see `ovearth datasets`).")
     ] = None,
     dataset_config: Annotated[Path | None, typer.Option(help="Your own protocol YAML, same schema.")] = None,
-    model: Annotated[
-        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
-    ] = DEFAULT_MODEL,
-    device: Annotated[
-        str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
-    ] = "auto",
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
     mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     skip_bad: Annotated[
@@ -47,11 +54,9 @@ def eval_(
     refine: Annotated[
         str, typer.Option(help="Token refinement, e.g. 'smooth:a=0.2' (see `ovearth refiners`).")
     ] = "",
-    refine_at: Annotated[
-        str, typer.Option(help="fusion (per prompt) or backbone (once per view).")
-    ] = "fusion",
-    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    refine_at: RefineAtOption = "fusion",
+    refine_for: RefineForOption = "both",
+    verbose: VerboseOption = False,
 ) -> None:
     """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
     setup_logging(verbose)
@@ -107,17 +112,15 @@ def eval_(
 def ablate(
     datasets: Annotated[str, typer.Option(help="Comma-separated protocols, e.g. loveda,potsdam.")],
     data_root_map: Annotated[Path, typer.Option(help="YAML mapping each dataset name to its data root.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    output: OutputOption,
     grid: Annotated[str | None, typer.Option(help="'paper' (MISSION.md part 3) or a grid YAML.")] = None,
     refine: Annotated[
         list[str] | None, typer.Option(help="A refinement to compare (repeatable), instead of --grid.")
     ] = None,
-    model: Annotated[
-        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
-    ] = DEFAULT_MODEL,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
     limit: Annotated[int | None, typer.Option(help="Only the first N images of each dataset.")] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Compare token refinements with the unrefined baseline on benchmark datasets."""
     setup_logging(verbose)

@@ -13,7 +13,23 @@ from .. import __version__
 from ..constants import DEFAULT_MODEL
 from ..data.atomic import write_text_atomic
 from ..errors import InputError
-from .app import app, err, given, load_on, setup_logging, vocabulary_and_settings
+from .app import (
+    BandsOption,
+    ClassesOption,
+    DeviceOption,
+    ModelOption,
+    OutputOption,
+    PresetOption,
+    RefineAtOption,
+    RefineForOption,
+    VerboseOption,
+    app,
+    err,
+    given,
+    load_on,
+    setup_logging,
+    vocabulary_and_settings,
+)
 
 
 @app.command()
@@ -21,16 +37,14 @@ def segment(
     images: Annotated[
         list[Path], typer.Argument(help="Image files (GeoTIFF, PNG, JPEG) or folders of them.")
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
-    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
+    output: OutputOption,
+    classes: ClassesOption = None,
     preset: Annotated[
         str | None,
         typer.Option(help="Dataset protocol (classes and thresholds), e.g. loveda; see `ovearth datasets`."),
     ] = None,
-    model: Annotated[
-        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
-    ] = DEFAULT_MODEL,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
     mode: Annotated[str, typer.Option(help="fast, or reference (the plain per-name loop).")] = "fast",
     confidence_threshold: Annotated[
         float | None, typer.Option(help="Keep instances scoring above this.")
@@ -57,18 +71,16 @@ def segment(
             help="Token refinement, e.g. 'smooth:a=0.2+lowpass:r=12,b=0.2' (see `ovearth refiners`)."
         ),
     ] = "",
-    refine_at: Annotated[
-        str, typer.Option(help="fusion (per prompt) or backbone (once per view).")
-    ] = "fusion",
-    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
-    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
+    refine_at: RefineAtOption = "fusion",
+    refine_for: RefineForOption = "both",
+    bands: BandsOption = None,
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
     ] = "percentile",
     probs: Annotated[
         bool, typer.Option("--probs", help="Also write per-class logits (<stem>_probs.tif).")
     ] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Segment images; write labels, overlays and (with --probs) class logits into -o."""
     setup_logging(verbose)
@@ -145,17 +157,15 @@ def segment(
 def tokens(
     image: Annotated[Path, typer.Argument(help="One image (GeoTIFF, PNG, JPEG).")],
     refine: Annotated[str, typer.Option(help="The refinement to inspect, e.g. 'lowpass:r=12,b=0.2'.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
-    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Dataset protocol for classes and thresholds.")] = None,
-    refine_at: Annotated[str, typer.Option(help="fusion or backbone.")] = "fusion",
-    refine_for: Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")] = "both",
-    model: Annotated[
-        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
-    ] = DEFAULT_MODEL,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    output: OutputOption,
+    classes: ClassesOption = None,
+    preset: PresetOption = None,
+    refine_at: RefineAtOption = "fusion",
+    refine_for: RefineForOption = "both",
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
+    bands: BandsOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Show what a refinement does: token energy and spectrum before/after, and each class's logit change."""
     setup_logging(verbose)
@@ -177,21 +187,19 @@ def tokens(
 @app.command()
 def attention(
     image: Annotated[Path, typer.Argument(help="One image (GeoTIFF, PNG, JPEG).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
-    classes: Annotated[str | None, typer.Option(help="Classes, e.g. 'building,house;road;tree'.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Dataset protocol for classes and thresholds.")] = None,
+    output: OutputOption,
+    classes: ClassesOption = None,
+    preset: PresetOption = None,
     confidence_threshold: Annotated[
         float | None, typer.Option(help="Queries kept for the scored map.")
     ] = None,
     top: Annotated[
         int, typer.Option(help="Top-scoring queries shown per class in the layer x head grid.")
     ] = 3,
-    model: Annotated[
-        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
-    ] = DEFAULT_MODEL,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    bands: Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
+    bands: BandsOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Decoder attention maps per class: overlays, a layer x head grid of the top queries, raw maps."""
     setup_logging(verbose)

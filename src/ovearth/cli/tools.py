@@ -10,7 +10,7 @@ import typer
 from .. import __version__
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
-from .app import app, err, load_on
+from .app import DeviceOption, ModelOption, OutputOption, app, err, load_on
 
 
 @app.command("make-tiny-model")
@@ -61,11 +61,9 @@ def refiners() -> None:
 
 @app.command()
 def audit(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
-    model: Annotated[
-        str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")
-    ] = DEFAULT_MODEL,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    output: OutputOption,
+    model: ModelOption = DEFAULT_MODEL,
+    device: DeviceOption = "auto",
 ) -> None:
     """Trace the fused patch tokens through every module that reads them; write audit.md and audit.json."""
     from ..probe.audit import run_audit, write_audit
