@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", default="fast,reference")
+    parser.add_argument(
+        "--zoom", default="", help="also time fast mode with this two-pass zoom, e.g. k=2,scale=2"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
@@ -108,13 +111,22 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         result["seconds_per_image"][mode] = min(times)
         print(mode, [round(t, 2) for t in times], flush=True)
+    if args.zoom:
+        seg = Segmentor(loaded, protocol.vocabulary, settings=settings.replace(zoom=args.zoom))
+        start = time.perf_counter()
+        seg.predict(image)
+        result["seconds_per_image"][f"fast+zoom {args.zoom}"] = time.perf_counter() - start
+        print("fast+zoom", round(result["seconds_per_image"][f"fast+zoom {args.zoom}"], 2), flush=True)
     per = result["seconds_per_image"]
     if "fast" in per and "reference" in per:
         result["reference_over_fast"] = round(per["reference"] / per["fast"], 3)
+    if "fast" in per and args.zoom:
+        result["zoom_over_fast"] = round(per[f"fast+zoom {args.zoom}"] / per["fast"], 3)
     result["fast_over_model_only"] = round(per.get("fast", float("nan")) / result["model_only_s"], 3)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"segment_speed_{args.setting}_{args.device.replace(':', '')}.json"
+    suffix = "_zoom" if args.zoom else ""
+    path = args.out / f"segment_speed_{args.setting}_{args.device.replace(':', '')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

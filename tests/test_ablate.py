@@ -9,6 +9,7 @@ import pytest
 from ovearth.ablate import load_grid, run_ablation, settings_from_specs
 from ovearth.cli import main
 from ovearth.errors import InputError
+from ovearth.segment.settings import SegmentSettings
 from tests.data.make_synthetic import make_dataset
 
 
@@ -49,15 +50,18 @@ def test_paper_grid_covers_mission_part_3():
 
 def test_grid_files_are_validated(tmp_path):
     good = tmp_path / "g.yaml"
-    good.write_text("settings:\n  - {name: dec, refine: 'smooth:a=0.3', refine_for: decoder}\n")
-    assert [s.name for s in load_grid(good)] == ["baseline", "dec"] and load_grid(good)[
-        1
-    ].refine_for == "decoder"
+    good.write_text(
+        "settings:\n  - {name: dec, refine: 'smooth:a=0.3', refine_for: decoder}\n  - {zoom: 'k=2'}\n"
+    )
+    grid = load_grid(good)
+    assert [s.name for s in grid] == ["baseline", "dec", "zoom k=2"] and grid[1].refine_for == "decoder"
+    assert grid[2].apply(SegmentSettings()).zoom == "k=2"
     for text, message in [
         ("settings: []", "expected 'settings:'"),
         ("settings:\n  - {refine: 'smoth'}", "Did you mean smooth"),
         ("settings:\n  - {refine: 'smooth', where: x}", "unknown field 'where'"),
         ("settings:\n  - {refine: 'smooth', refine_at: backbone, refine_for: mask}", "refine_for"),
+        ("settings:\n  - {zoom: 'k=0'}", "k must be"),
     ]:
         good.write_text(text)
         with pytest.raises(InputError, match=message):

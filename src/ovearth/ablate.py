@@ -12,6 +12,7 @@ A grid is YAML::
     settings:
       - {name: "smooth", refine: "smooth:a=0.2"}              # name optional
       - {refine: "lowpass:r=12,b=0.2", refine_at: fusion, refine_for: decoder}
+      - {name: "zoom", zoom: "k=4,scale=2"}                      # two-pass zoom as a setting
 
 ``paper`` is the built-in grid of MISSION.md part 3 (``configs/grids/paper.yaml``).
 """
@@ -40,7 +41,7 @@ from .refine import parse_refine
 from .segment.segmentor import Segmentor
 from .segment.settings import SegmentSettings
 
-_SETTING_KEYS = {"name", "refine", "refine_at", "refine_for"}
+_SETTING_KEYS = {"name", "refine", "refine_at", "refine_for", "zoom"}
 BASELINE = "baseline"
 
 
@@ -52,10 +53,13 @@ class AblationSetting:
     refine: str = ""
     refine_at: str = "fusion"
     refine_for: str = "both"
+    zoom: str = ""
 
     def apply(self, settings: SegmentSettings) -> SegmentSettings:
-        """The protocol's settings with this refinement."""
-        return settings.replace(refine=self.refine, refine_at=self.refine_at, refine_for=self.refine_for)
+        """The protocol's settings with this refinement (and zoom)."""
+        return settings.replace(
+            refine=self.refine, refine_at=self.refine_at, refine_for=self.refine_for, zoom=self.zoom
+        )
 
     @property
     def slug(self) -> str:
@@ -103,21 +107,23 @@ BASELINE_SETTING = AblationSetting(name=BASELINE)
 
 
 def _setting(entry: Any, where: str) -> AblationSetting:
-    if not isinstance(entry, dict) or "refine" not in entry:
-        raise InputError(f"{where}: every setting needs a 'refine' spec, got {entry!r}.")
+    if not isinstance(entry, dict) or not ({"refine", "zoom"} & set(entry)):
+        raise InputError(f"{where}: every setting needs a 'refine' spec (or a 'zoom'), got {entry!r}.")
     unknown = sorted(set(entry) - _SETTING_KEYS)
     if unknown:
         raise InputError(
             f"{where}: unknown field '{unknown[0]}'; allowed: {', '.join(sorted(_SETTING_KEYS))}."
         )
-    spec = str(entry["refine"])
+    spec = str(entry.get("refine", ""))
     try:
         parse_refine(spec)
-        fields = {k: str(entry[k]) for k in ("refine_at", "refine_for") if k in entry}
+        fields = {k: str(entry[k]) for k in ("refine_at", "refine_for", "zoom") if k in entry}
         SegmentSettings(refine=spec, **fields)
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
-    return AblationSetting(name=str(entry.get("name") or spec), refine=spec, **fields)
+    return AblationSetting(
+        name=str(entry.get("name") or spec or f"zoom {fields.get('zoom')}"), refine=spec, **fields
+    )
 
 
 def load_roots(source: str | Path, datasets: list[str]) -> dict[str, Path]:

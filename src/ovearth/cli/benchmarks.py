@@ -17,6 +17,7 @@ from .app import (
     RefineAtOption,
     RefineForOption,
     VerboseOption,
+    ZoomOption,
     app,
     err,
     given,
@@ -56,6 +57,7 @@ def eval_(
     ] = "",
     refine_at: RefineAtOption = "fusion",
     refine_for: RefineForOption = "both",
+    zoom: ZoomOption = "",
     verbose: VerboseOption = False,
 ) -> None:
     """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
@@ -74,6 +76,7 @@ def eval_(
             refine=refine,
             refine_at=refine_at,
             refine_for=refine_for,
+            zoom=zoom,
             confidence_threshold=confidence_threshold,
             prob_thd=prob_thd,
         )

@@ -23,6 +23,7 @@ from .app import (
     RefineAtOption,
     RefineForOption,
     VerboseOption,
+    ZoomOption,
     app,
     err,
     given,
@@ -73,6 +74,7 @@ def segment(
     ] = "",
     refine_at: RefineAtOption = "fusion",
     refine_for: RefineForOption = "both",
+    zoom: ZoomOption = "",
     bands: BandsOption = None,
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
@@ -95,6 +97,7 @@ def segment(
             refine=refine,
             refine_at=refine_at,
             refine_for=refine_for,
+            zoom=zoom,
             confidence_threshold=confidence_threshold,
             prob_thd=prob_thd,
             bg_idx=bg_idx,

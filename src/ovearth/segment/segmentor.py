@@ -38,6 +38,7 @@ from .reference import reference_view_logits
 from .settings import ACCELERATOR_PROMPT_BATCH, SegmentSettings
 from .vocabulary import Vocabulary
 from .windows import Window, views_for
+from .zoom import Zoom, choose_regions
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class Segmentor:
 
     @torch.inference_mode()
     def name_logits(self, view: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-name logits of a whole image, averaged over sliding windows.
+        """Per-name logits of a whole image, averaged over its views (sliding windows, zoom regions).
 
         Args:
             view: ``[3, H, W]`` uint8 image.
@@ -186,18 +187,26 @@ class Segmentor:
         s = self.settings
         windows = views_for(height, width, s.slide_crop, s.slide_stride)
         num_names = len(self.vocabulary.names)
-        if len(windows) == 1:
-            return self._window_logits(view, windows)[0]
         total = torch.zeros(num_names, height, width, device=device)
         count = torch.zeros(height, width, device=device)
         presence = torch.zeros(num_names, device=device)
-        for start in range(0, len(windows), s.view_batch):
-            batch = windows[start : start + s.view_batch]
+        self._add_views(view, windows, total, count, presence)
+        zoom = Zoom.parse(s.zoom)
+        if zoom is not None:  # second pass: the least certain regions as extra views
+            first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
+            self._add_views(view, choose_regions(first, zoom), total, count, presence)
+        return total / count, presence
+
+    def _add_views(
+        self, view: Tensor, windows: list[Window], total: Tensor, count: Tensor, presence: Tensor
+    ) -> None:
+        """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
+        for start in range(0, len(windows), self.settings.view_batch):
+            batch = windows[start : start + self.settings.view_batch]
             for window, (logits, pres) in zip(batch, self._window_logits(view, batch), strict=True):
                 total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
-                presence = torch.maximum(presence, pres)
-        return total / count, presence
+                torch.maximum(presence, pres, out=presence)
 
     def _window_logits(self, image: Tensor, windows: list[Window]) -> list[tuple[Tensor, Tensor]]:
         size = self.stages.image_size

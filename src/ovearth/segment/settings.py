@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import InputError
 from .windows import check_slide
+from .zoom import Zoom
 
 MODES = ("fast", "reference")
 REFINE_AT = ("fusion", "backbone")
@@ -53,6 +54,7 @@ class SegmentSettings:
     refine: str = ""
     refine_at: str = "fusion"
     refine_for: str = "both"
+    zoom: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
@@ -70,6 +72,7 @@ class SegmentSettings:
             raise InputError(f"refine_at must be one of {', '.join(REFINE_AT)}, got '{self.refine_at}'.")
         if self.refine_for not in REFINE_FOR:
             raise InputError(f"refine_for must be one of {', '.join(REFINE_FOR)}, got '{self.refine_for}'.")
+        Zoom.parse(self.zoom)  # raises InputError on a bad spec
         if self.refine_at == "backbone" and self.refine_for != "both":
             raise InputError(
                 "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
