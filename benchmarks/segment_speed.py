@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--keep", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--modes", default="fast,reference")
+    parser.add_argument("--modes", default="fast,reference", help="fast, reference, fast+skip (skip_absent)")
     parser.add_argument(
         "--zoom", default="", help="also time fast mode with this two-pass zoom, e.g. k=2,scale=2"
     )
@@ -103,7 +103,10 @@ def main() -> None:
     model_only(probe, image)  # warm-up
     result["model_only_s"] = min(model_only(probe, image) for _ in range(args.repeat))
     for mode in args.modes.split(","):
-        seg = Segmentor(loaded, protocol.vocabulary, settings=settings.replace(mode=mode))
+        base, _, extra = mode.partition("+")
+        seg = Segmentor(
+            loaded, protocol.vocabulary, settings=settings.replace(mode=base, skip_absent=extra == "skip")
+        )
         times = []
         for _ in range(args.repeat):
             start = time.perf_counter()
@@ -120,12 +123,14 @@ def main() -> None:
     per = result["seconds_per_image"]
     if "fast" in per and "reference" in per:
         result["reference_over_fast"] = round(per["reference"] / per["fast"], 3)
+    if "fast+skip" in per and "reference" in per:
+        result["reference_over_fast_skip"] = round(per["reference"] / per["fast+skip"], 3)
     if "fast" in per and args.zoom:
         result["zoom_over_fast"] = round(per[f"fast+zoom {args.zoom}"] / per["fast"], 3)
     result["fast_over_model_only"] = round(per.get("fast", float("nan")) / result["model_only_s"], 3)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_zoom" if args.zoom else ""
+    suffix = "_zoom" if args.zoom else "_skip" if "fast+skip" in per else ""
     path = args.out / f"segment_speed_{args.setting}_{args.device.replace(':', '')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -205,3 +205,36 @@ def test_bad_arguments(tiny):
         Segmentor(tiny, CLASSES, mode="quick")
     with pytest.raises(InputError, match="Unknown setting"):
         Segmentor(tiny, CLASSES, prob_threshold=0.3)
+
+
+@pytest.mark.parametrize("slide", [(0, 0), (60, 60)])  # one view; non-overlapping 60 x 60 tiles
+def test_skipping_absent_names_keeps_every_label(tiny, monkeypatch, slide):
+    image = make_image(40, 120, 180)
+    seg = Segmentor(tiny, CLASSES, slide_crop=slide[0], slide_stride=slide[1])
+    _, presence = seg.name_logits(torch.from_numpy(image).permute(2, 0, 1))
+    prob_thd = float(presence.median())  # about half of the names are "absent"
+    rows = []
+    original = Sam3Stages.pixel_embed
+
+    def counting(self, vision, fused, tokens=None):
+        rows.append(fused.tokens.shape[0])
+        return original(self, vision, fused, tokens)
+
+    monkeypatch.setattr(Sam3Stages, "pixel_embed", counting)
+    settings = dict(prob_thd=prob_thd, slide_crop=slide[0], slide_stride=slide[1])
+    full = Segmentor(tiny, CLASSES, **settings).predict(image)
+    calls_full = sum(rows)
+    rows.clear()
+    skipped = Segmentor(tiny, CLASSES, skip_absent=True, **settings).predict(image)
+    assert np.array_equal(full.labels, skipped.labels)
+    assert 0 < sum(rows) < calls_full  # fewer mask-decoder rows ran
+    changed = (full.class_logits != skipped.class_logits).flatten(1).any(dim=1)
+    assert changed.any() and (skipped.class_logits[changed] < prob_thd).all()
+
+
+def test_no_skip_when_views_overlap(tiny):
+    image = make_image(41, 100, 140)
+    settings = dict(prob_thd=0.5, slide_crop=80, slide_stride=40)
+    full = Segmentor(tiny, CLASSES, **settings).predict(image)
+    skipped = Segmentor(tiny, CLASSES, skip_absent=True, **settings).predict(image)
+    assert torch.equal(full.class_logits, skipped.class_logits)

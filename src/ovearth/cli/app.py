@@ -43,6 +43,13 @@ RefineForOption = Annotated[str, typer.Option(help="At fusion: decoder, mask or 
 ZoomOption = Annotated[
     str, typer.Option(help="Two-pass zoom on the least certain regions, e.g. k=4,scale=2.")
 ]
+SkipAbsentOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-absent/--no-skip-absent",
+        help="Skip the mask decoder of names whose presence is below --prob-thd when no label can change.",
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose")]
 
 

@@ -16,6 +16,7 @@ from .app import (
     OutputOption,
     RefineAtOption,
     RefineForOption,
+    SkipAbsentOption,
     VerboseOption,
     ZoomOption,
     app,
@@ -58,6 +59,7 @@ def eval_(
     refine_at: RefineAtOption = "fusion",
     refine_for: RefineForOption = "both",
     zoom: ZoomOption = "",
+    skip_absent: SkipAbsentOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
@@ -77,6 +79,7 @@ def eval_(
             refine_at=refine_at,
             refine_for=refine_for,
             zoom=zoom,
+            skip_absent=skip_absent,
             confidence_threshold=confidence_threshold,
             prob_thd=prob_thd,
         )

@@ -22,6 +22,7 @@ from .app import (
     PresetOption,
     RefineAtOption,
     RefineForOption,
+    SkipAbsentOption,
     VerboseOption,
     ZoomOption,
     app,
@@ -75,6 +76,7 @@ def segment(
     refine_at: RefineAtOption = "fusion",
     refine_for: RefineForOption = "both",
     zoom: ZoomOption = "",
+    skip_absent: SkipAbsentOption = False,
     bands: BandsOption = None,
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
@@ -98,6 +100,7 @@ def segment(
             refine_at=refine_at,
             refine_for=refine_for,
             zoom=zoom,
+            skip_absent=skip_absent,
             confidence_threshold=confidence_threshold,
             prob_thd=prob_thd,
             bg_idx=bg_idx,

@@ -110,6 +110,16 @@ class FusedTokens:
         """``(h, w)`` of the token grid."""
         return int(self.spatial_shapes[0, 0]), int(self.spatial_shapes[0, 1])
 
+    def select(self, index: Tensor) -> FusedTokens:
+        """The (view, prompt) pairs at ``index`` (a 1-D long tensor)."""
+        return FusedTokens(
+            tokens=self.tokens[index],
+            pos=self.pos[index],
+            text=self.text[index],
+            text_mask=self.text_mask[index],
+            spatial_shapes=self.spatial_shapes,
+        )
+
 
 @dataclass
 class DecoderOutput:

@@ -190,25 +190,35 @@ class Segmentor:
         total = torch.zeros(num_names, height, width, device=device)
         count = torch.zeros(height, width, device=device)
         presence = torch.zeros(num_names, device=device)
-        self._add_views(view, windows, total, count, presence)
         zoom = Zoom.parse(s.zoom)
+        disjoint = sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width
+        skip = s.skip_absent and s.use_presence and s.prob_thd > 0 and disjoint and zoom is None
+        self._add_views(view, windows, total, count, presence, skip)
         if zoom is not None:  # second pass: the least certain regions as extra views
             first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
             self._add_views(view, choose_regions(first, zoom), total, count, presence)
         return total / count, presence
 
     def _add_views(
-        self, view: Tensor, windows: list[Window], total: Tensor, count: Tensor, presence: Tensor
+        self,
+        view: Tensor,
+        windows: list[Window],
+        total: Tensor,
+        count: Tensor,
+        presence: Tensor,
+        skip: bool = False,
     ) -> None:
         """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
         for start in range(0, len(windows), self.settings.view_batch):
             batch = windows[start : start + self.settings.view_batch]
-            for window, (logits, pres) in zip(batch, self._window_logits(view, batch), strict=True):
+            for window, (logits, pres) in zip(batch, self._window_logits(view, batch, skip), strict=True):
                 total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
                 torch.maximum(presence, pres, out=presence)
 
-    def _window_logits(self, image: Tensor, windows: list[Window]) -> list[tuple[Tensor, Tensor]]:
+    def _window_logits(
+        self, image: Tensor, windows: list[Window], skip: bool = False
+    ) -> list[tuple[Tensor, Tensor]]:
         size = self.stages.image_size
         dtype = self.stages.dtype
         crops = [image[:, w.y1 : w.y2, w.x1 : w.x2] for w in windows]
@@ -222,9 +232,11 @@ class Segmentor:
                 for i, crop in enumerate(crops)
             ]
         vision = self.stages.encode_images(pixels)
-        return [self._view_logits_fast(vision.view(i), crop) for i, crop in enumerate(crops)]
+        return [self._view_logits_fast(vision.view(i), crop, skip) for i, crop in enumerate(crops)]
 
-    def _view_logits_fast(self, vision: VisionFeatures, crop: Tensor) -> tuple[Tensor, Tensor]:
+    def _view_logits_fast(
+        self, vision: VisionFeatures, crop: Tensor, skip: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """All names of one view, in prompt batches: ``([P, h, w], [P])``."""
         s = self.settings
         stages = self.stages
@@ -254,22 +266,33 @@ class Segmentor:
             keep = (
                 scores > s.confidence_threshold if s.use_instances else torch.zeros_like(scores, dtype=bool)
             )
+            presence_all[chunk] = presence
+            # prompts whose mask decoder can matter (all, unless a provable skip applies)
+            rows = (
+                (presence >= s.prob_thd).nonzero()[:, 0]
+                if skip
+                else torch.arange(len(presence), device=presence.device)
+            )
+            if skip:
+                keep[presence < s.prob_thd] = False
             kept_any = keep.any(dim=1).tolist()
-            if not (s.use_semantic or any(kept_any)):
-                presence_all[chunk] = presence
+            if len(rows) == 0 or not (s.use_semantic or any(kept_any)):
                 continue
-            pixel_embed = stages.pixel_embed(vision, fused, for_mask)
-            term = torch.zeros(len(kept_any), *size, device=stages.device)
-            for b, any_kept in enumerate(kept_any):  # a loop over prompts, not instances
-                if any_kept:
-                    masks = stages.instance_logits(pixel_embed[b], decoded.queries[b][keep[b]])
+            every = len(rows) == len(presence)
+            pixel_embed = stages.pixel_embed(
+                vision, fused if every else fused.select(rows), for_mask if every else for_mask[rows]
+            )
+            term = torch.zeros(len(presence), *size, device=stages.device)
+            for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
+                if kept_any[b]:
+                    masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
                     term[b] = instance_max(masks.float(), scores[b][keep[b]].float(), size)
             if s.use_semantic:
-                term = torch.maximum(term, semantic_probs(stages.semantic_logits(pixel_embed).float(), size))
+                semantic = semantic_probs(stages.semantic_logits(pixel_embed).float(), size)
+                term[rows] = torch.maximum(term[rows], semantic)
             if s.use_presence:
                 term = term * presence[:, None, None].float()
             logits[chunk] = term
-            presence_all[chunk] = presence
         return logits, presence_all
 
 

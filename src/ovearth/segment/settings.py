@@ -55,6 +55,7 @@ class SegmentSettings:
     refine_at: str = "fusion"
     refine_for: str = "both"
     zoom: str = ""
+    skip_absent: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
