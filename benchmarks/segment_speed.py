@@ -11,8 +11,10 @@ of 200 per prompt, a realistic count for remote-sensing scenes); ``prob_thd`` an
 * ``loveda``: one 1024 x 1024 image -> one 1008 view, 11 class names;
 * ``openearthmap``: one 1024 x 1024 image, 512 crops / 512 stride (4 views), 14 names.
 
-Reports seconds per image for each mode, the reference/fast ratio, "model-only" time
-(backbone + batched heads on every view, no post-processing) and peak host memory.
+Reports seconds per image and images/s for each mode, reference / mode ratios,
+"model-only" time (backbone + batched heads on every view, no post-processing; also
+under bfloat16 autocast when a ``+bf16`` mode is asked) and peak host (and device) memory.
+On a GPU: ``--device cuda --modes reference,fast,fast+bf16,fast+skip+bf16``.
 """
 
 from __future__ import annotations
@@ -50,21 +52,25 @@ def threshold_keeping(seg: Segmentor, image: np.ndarray, keep: float) -> float:
     return float(torch.quantile(scores.flatten().float(), 1 - keep))
 
 
-def model_only(seg: Segmentor, image: np.ndarray) -> float:
-    """Backbone and the heads (in the fast path's prompt batches) on every view, nothing else."""
+def model_only(seg: Segmentor, image: np.ndarray, bf16: bool = False) -> float:
+    """Backbone (views in ``view_batch``) and the heads (in ``prompt_batch``), nothing else."""
     s, stages = seg.settings, seg.stages
-    view = torch.from_numpy(image).permute(2, 0, 1)
+    view = torch.from_numpy(image).permute(2, 0, 1).to(stages.device)
     windows = views_for(*view.shape[-2:], s.slide_crop, s.slide_stride)
+    names = seg.text_features.features.shape[0]
     start = time.perf_counter()
-    with torch.inference_mode():
-        for w in windows:
-            pixels = preprocess(view[:, w.y1 : w.y2, w.x1 : w.x2], stages.image_size)[None]
-            vision = stages.encode_images(pixels)
-            names = seg.text_features.features.shape[0]
-            for first in range(0, names, seg.prompt_batch):
-                fused = stages.fuse(vision, seg.text_features.select(slice(first, first + seg.prompt_batch)))
-                stages.decode(fused)
-                stages.semantic_logits(stages.pixel_embed(vision, fused))
+    with torch.inference_mode(), torch.autocast(stages.device.type, torch.bfloat16, enabled=bf16):
+        for v in range(0, len(windows), seg.view_batch):
+            crops = [view[:, w.y1 : w.y2, w.x1 : w.x2] for w in windows[v : v + seg.view_batch]]
+            vision = stages.encode_images(torch.stack([preprocess(c, stages.image_size) for c in crops]))
+            for i in range(len(crops)):
+                for first in range(0, names, seg.prompt_batch):
+                    text = seg.text_features.select(slice(first, first + seg.prompt_batch))
+                    fused = stages.fuse(vision.view(i), text)
+                    stages.decode(fused)
+                    stages.semantic_logits(stages.pixel_embed(vision.view(i), fused))
+    if stages.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -74,7 +80,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--keep", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--modes", default="fast,reference", help="fast, reference, fast+skip (skip_absent)")
+    parser.add_argument(
+        "--modes",
+        default="fast,reference",
+        help="comma-separated: fast or reference, each with optional +skip (skip_absent), "
+        "+bf16 (bfloat16 autocast), +compile (torch.compile backbone), e.g. fast+skip+bf16",
+    )
     parser.add_argument(
         "--zoom", default="", help="also time fast mode with this two-pass zoom, e.g. k=2,scale=2"
     )
@@ -100,13 +111,25 @@ def main() -> None:
         "torch": torch.__version__,
         "seconds_per_image": {},
     }
-    model_only(probe, image)  # warm-up
+    model_only(probe, image[:512, :512])  # warm-up: one view
     result["model_only_s"] = min(model_only(probe, image) for _ in range(args.repeat))
-    for mode in args.modes.split(","):
-        base, _, extra = mode.partition("+")
-        seg = Segmentor(
-            loaded, protocol.vocabulary, settings=settings.replace(mode=base, skip_absent=extra == "skip")
+    modes = args.modes.split(",")
+    if any("bf16" in m for m in modes):
+        result["model_only_bf16_s"] = min(model_only(probe, image, bf16=True) for _ in range(args.repeat))
+    for mode in modes:
+        base, *extras = mode.split("+")
+        unknown = set(extras) - {"skip", "bf16", "compile"}
+        if unknown:
+            raise SystemExit(f"unknown mode option(s) {sorted(unknown)} in '{mode}'")
+        chosen = settings.replace(
+            mode=base,
+            skip_absent="skip" in extras,
+            precision="bfloat16" if "bf16" in extras else "float32",
+            compile="compile" in extras,
         )
+        seg = Segmentor(loaded, protocol.vocabulary, settings=chosen)
+        if "compile" in extras:
+            seg.predict(image)  # compilation is paid once, not per image
         times = []
         for _ in range(args.repeat):
             start = time.perf_counter()
@@ -121,6 +144,10 @@ def main() -> None:
         result["seconds_per_image"][f"fast+zoom {args.zoom}"] = time.perf_counter() - start
         print("fast+zoom", round(result["seconds_per_image"][f"fast+zoom {args.zoom}"], 2), flush=True)
     per = result["seconds_per_image"]
+    result["images_per_s"] = {mode: round(1 / t, 4) for mode, t in per.items()}
+    if "reference" in per:
+        others = {m: t for m, t in per.items() if m != "reference"}
+        result["reference_over"] = {m: round(per["reference"] / t, 3) for m, t in others.items()}
     if "fast" in per and "reference" in per:
         result["reference_over_fast"] = round(per["reference"] / per["fast"], 3)
     if "fast+skip" in per and "reference" in per:
@@ -129,8 +156,12 @@ def main() -> None:
         result["zoom_over_fast"] = round(per[f"fast+zoom {args.zoom}"] / per["fast"], 3)
     result["fast_over_model_only"] = round(per.get("fast", float("nan")) / result["model_only_s"], 3)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    if args.device.startswith("cuda"):
+        result["peak_device_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        result["device_name"] = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_zoom" if args.zoom else "_skip" if "fast+skip" in per else ""
+    suffix += "_bf16" if any("bf16" in m for m in per) else ""
     path = args.out / f"segment_speed_{args.setting}_{args.device.replace(':', '')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -50,6 +50,16 @@ SkipAbsentOption = Annotated[
         help="Skip the mask decoder of names whose presence is below --prob-thd when no label can change.",
     ),
 ]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(help="float32, or bfloat16 (autocast: GPU speed, results differ by rounding)."),
+]
+ViewBatchOption = Annotated[
+    int | None, typer.Option(help="Views through the backbone at once; default 1 on CPU, 4 on GPU.")
+]
+CompileOption = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the backbone (the first view pays compilation).")
+]
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose")]
 
 

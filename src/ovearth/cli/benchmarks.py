@@ -11,13 +11,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
 from .app import (
+    CompileOption,
     DeviceOption,
     ModelOption,
     OutputOption,
+    PrecisionOption,
     RefineAtOption,
     RefineForOption,
     SkipAbsentOption,
     VerboseOption,
+    ViewBatchOption,
     ZoomOption,
     app,
     err,
@@ -60,6 +63,9 @@ def eval_(
     refine_for: RefineForOption = "both",
     zoom: ZoomOption = "",
     skip_absent: SkipAbsentOption = False,
+    precision: PrecisionOption = "float32",
+    view_batch: ViewBatchOption = None,
+    compile_backbone: CompileOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
@@ -80,6 +86,9 @@ def eval_(
             refine_for=refine_for,
             zoom=zoom,
             skip_absent=skip_absent,
+            precision=precision,
+            view_batch=view_batch,
+            compile=compile_backbone,
             confidence_threshold=confidence_threshold,
             prob_thd=prob_thd,
         )

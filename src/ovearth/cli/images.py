@@ -16,14 +16,17 @@ from ..errors import InputError
 from .app import (
     BandsOption,
     ClassesOption,
+    CompileOption,
     DeviceOption,
     ModelOption,
     OutputOption,
+    PrecisionOption,
     PresetOption,
     RefineAtOption,
     RefineForOption,
     SkipAbsentOption,
     VerboseOption,
+    ViewBatchOption,
     ZoomOption,
     app,
     err,
@@ -77,6 +80,9 @@ def segment(
     refine_for: RefineForOption = "both",
     zoom: ZoomOption = "",
     skip_absent: SkipAbsentOption = False,
+    precision: PrecisionOption = "float32",
+    view_batch: ViewBatchOption = None,
+    compile_backbone: CompileOption = False,
     bands: BandsOption = None,
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
@@ -84,12 +90,20 @@ def segment(
     probs: Annotated[
         bool, typer.Option("--probs", help="Also write per-class logits (<stem>_probs.tif).")
     ] = False,
+    windowed: Annotated[
+        bool | None,
+        typer.Option(
+            "--windowed/--whole",
+            help="Read and write GeoTIFFs by windows (bounded memory, same labels); "
+            "default: by windows above 64 M pixels when sliding.",
+        ),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Segment images; write labels, overlays and (with --probs) class logits into -o."""
     setup_logging(verbose)
     from ..data.raster import check_image, parse_bands
-    from ..segment.files import collect_images, segment_file
+    from ..segment.files import collect_images, segment_file, use_windows
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
     settings = base.replace(
@@ -101,6 +115,9 @@ def segment(
             refine_for=refine_for,
             zoom=zoom,
             skip_absent=skip_absent,
+            precision=precision,
+            view_batch=view_batch,
+            compile=compile_backbone,
             confidence_threshold=confidence_threshold,
             prob_thd=prob_thd,
             bg_idx=bg_idx,
@@ -120,6 +137,7 @@ def segment(
 
     loaded = load_on(model, device)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
+    by_windows = {file: use_windows(file, segmentor, windowed) for file in files}  # refuses bad asks now
     results = []
     with Progress(
         TextColumn("{task.description}"),
@@ -131,17 +149,27 @@ def segment(
         disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("segmenting", total=len(files))
+        views = progress.add_task("windows", total=None, visible=False)
         for file in files:
             progress.update(task, description=file.name)
-            prediction, written = segment_file(segmentor, file, output, band_choice, stretch, probs)
-            names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
-            results.append(
-                {
-                    "image": str(file),
-                    "outputs": {k: str(v) for k, v in written.items()},
-                    "presence": dict(zip(names, presence, strict=True)),
-                }
+            progress.update(views, completed=0, visible=by_windows[file])
+
+            def on_view(done: int, total: int) -> None:
+                progress.update(views, completed=done, total=total)
+
+            prediction, written = segment_file(
+                segmentor, file, output, band_choice, stretch, probs, by_windows[file], on_view
             )
+            names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
+            entry = {
+                "image": str(file),
+                "outputs": {k: str(v) for k, v in written.items()},
+                "presence": dict(zip(names, presence, strict=True)),
+                "windowed": by_windows[file],
+            }
+            if by_windows[file]:
+                entry.update(views=prediction.views, skipped_views=prediction.skipped_views)
+            results.append(entry)
             progress.advance(task)
     record = {
         "ovearth": __version__,

@@ -190,40 +190,99 @@ def read_image(
 def to_uint8(data: np.ndarray, valid: np.ndarray, stretch: str, path: Path | str = "image") -> np.ndarray:
     """Scale ``[3, H, W]`` band data to uint8 by the ``stretch`` rule.
 
+    The statistics of ``percentile`` and ``minmax`` come from :func:`stretch_sample`
+    of each band's valid values, so a reader that streams the raster by windows
+    (:mod:`ovearth.data.scene`) can reproduce them exactly.
+
     Raises:
         InputError: an unknown rule.
 
     """
     if data.dtype == np.uint8:
         return data
-    values = data.astype(np.float64)
-    out = np.empty(data.shape, np.uint8)
+    samples = [stretch_sample(band[valid].astype(np.float64)) for band in data]
+    return apply_stretch(data, stretch_limits(samples, data.dtype, stretch, path))
+
+
+#: At most about this many valid values per band feed the stretch statistics.
+STRETCH_SAMPLE = 1_000_000
+
+
+def sample_step(count: int) -> int:
+    """Every ``step``-th valid value (in raster order) feeds the statistics."""
+    return count // STRETCH_SAMPLE if count > STRETCH_SAMPLE else 1
+
+
+def stretch_sample(values: np.ndarray) -> np.ndarray:
+    """``values[::sample_step(len(values))]``: the statistics sample of one band's valid values."""
+    return values[:: sample_step(values.size)]
+
+
+def needs_statistics(dtype: np.dtype, stretch: str) -> bool:
+    """True when the rule reads the data (``percentile`` / ``minmax`` on non-uint8 data)."""
+    return np.dtype(dtype) != np.uint8 and stretch.strip().lower() in ("percentile", "minmax")
+
+
+def stretch_limits(
+    samples: list[np.ndarray] | None, dtype: np.dtype, stretch: str, path: Path | str = "image"
+) -> list[tuple[float, float]]:
+    """``(low, high)`` per band: the values mapped to 0 and 255.
+
+    Args:
+        samples: per band, the :func:`stretch_sample` of its valid values as float64
+            (only read by ``percentile`` and ``minmax``; may be None otherwise).
+        dtype: the raster's data type (the fallback range of a band without spread).
+        stretch: the rule (see the module docstring).
+        path: named in errors.
+
+    Raises:
+        InputError: an unknown rule.
+
+    """
     rule = stretch.strip().lower()
-    for b in range(values.shape[0]):
-        band = values[b]
-        sample = band[valid]
-        if sample.size > 1_000_000:
-            sample = sample[:: sample.size // 1_000_000]
-        if rule == "none":
-            low, high = 0.0, 255.0
+    fixed = None
+    if rule == "none":
+        fixed = (0.0, 255.0)
+    elif rule not in ("percentile", "minmax"):
+        try:
+            fixed = tuple(float(v) for v in rule.split(","))
+        except ValueError:
+            fixed = ()
+        if len(fixed) != 2:
+            raise InputError(f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH.")
+    limits = []
+    for sample in samples if fixed is None else [None] * 3:
+        if fixed is not None:
+            low, high = fixed
         elif sample.size == 0:
             low, high = 0.0, 1.0
         elif rule == "percentile":
-            low, high = np.percentile(sample, [2, 98])
-        elif rule == "minmax":
-            low, high = float(sample.min()), float(sample.max())
+            low, high = (float(v) for v in np.percentile(sample, [2, 98]))
         else:
-            try:
-                low, high = (float(v) for v in rule.split(","))
-            except ValueError:
-                raise InputError(
-                    f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH."
-                ) from None
+            low, high = float(sample.min()), float(sample.max())
         if high <= low:  # no spread: fall back to the type's range
-            low, high = 0.0, float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else 1.0
+            low, high = 0.0, float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+        limits.append((low, high))
+    return limits
+
+
+def apply_stretch(data: np.ndarray, limits: list[tuple[float, float]]) -> np.ndarray:
+    """``[3, H, W]`` -> uint8: ``clip(round((x - low) * 255 / (high - low)), 0, 255)``, NaN as 0."""
+    if data.dtype == np.uint8:
+        return data
+    out = np.empty(data.shape, np.uint8)
+    for b, (low, high) in enumerate(limits):
         scale = 255.0 / (high - low)
-        out[b] = np.clip(np.round((np.nan_to_num(band) - low) * scale), 0, 255).astype(np.uint8)
+        band = np.nan_to_num(data[b].astype(np.float64))
+        out[b] = np.clip(np.round((band - low) * scale), 0, 255).astype(np.uint8)
     return out
+
+
+def label_colormap(colors: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """GeoTIFF colour table: class ``k`` -> its colour, 255 (nodata) -> transparent."""
+    table = {int(k): (*map(int, c), 255) for k, c in enumerate(colors)}
+    table[NODATA_LABEL] = (0, 0, 0, 0)
+    return table
 
 
 def write_labels(path: str | Path, labels: np.ndarray, image: RasterImage, colors: np.ndarray) -> None:
@@ -236,14 +295,12 @@ def write_labels(path: str | Path, labels: np.ndarray, image: RasterImage, color
         colors: ``[K, 3]`` uint8 colour of each class (written as the colour table).
 
     """
-    palette = {int(k): (*map(int, c), 255) for k, c in enumerate(colors)}
-    palette[NODATA_LABEL] = (0, 0, 0, 0)
     with atomic_path(path) as temp:
         if Path(path).suffix.lower() in RASTER_SUFFIXES:
-            profile = _geotiff_profile(labels.shape, image, count=1, dtype="uint8")
+            profile = geotiff_profile(labels.shape, 1, "uint8", image.crs, image.transform)
             with rasterio.open(temp, "w", nodata=NODATA_LABEL, **profile) as out:
                 out.write(labels, 1)
-                out.write_colormap(1, palette)
+                out.write_colormap(1, label_colormap(colors))
         else:
             picture = Image.fromarray(labels, mode="P")
             flat = np.zeros((256, 3), np.uint8)
@@ -263,18 +320,41 @@ def write_probs(path: str | Path, probs: np.ndarray, names: list[str], image: Ra
 
     """
     with atomic_path(path) as temp:
-        profile = _geotiff_profile(probs.shape[1:], image, count=probs.shape[0], dtype="float32")
+        profile = geotiff_profile(probs.shape[1:], probs.shape[0], "float32", image.crs, image.transform)
         with rasterio.open(temp, "w", **profile) as out:
             out.write(probs.astype(np.float32))
             for band, name in enumerate(names, start=1):
                 out.set_band_description(band, name)
 
 
-def _geotiff_profile(shape: tuple[int, ...], image: RasterImage, count: int, dtype: str) -> dict:
+#: Tile side of written GeoTIFFs.
+GEOTIFF_BLOCK = 256
+
+
+def geotiff_profile(
+    shape: tuple[int, ...],
+    count: int,
+    dtype: str,
+    crs: rasterio.crs.CRS | None = None,
+    transform: rasterio.Affine | None = None,
+) -> dict:
+    """Creation options of our GeoTIFFs.
+
+    Deflate, 256 x 256 tiles (when the raster is that large), BigTIFF when the file
+    could pass 4 GB, and the georeferencing if any.
+    """
     height, width = int(shape[0]), int(shape[1])
-    profile = dict(driver="GTiff", height=height, width=width, count=count, dtype=dtype, compress="deflate")
-    if height >= 256 and width >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    if image.crs is not None:
-        profile.update(crs=image.crs, transform=image.transform)
+    profile = dict(
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=count,
+        dtype=dtype,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
+    if height >= GEOTIFF_BLOCK and width >= GEOTIFF_BLOCK:
+        profile.update(tiled=True, blockxsize=GEOTIFF_BLOCK, blockysize=GEOTIFF_BLOCK)
+    if crs is not None:
+        profile.update(crs=crs, transform=transform)
     return profile

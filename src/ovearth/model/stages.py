@@ -154,11 +154,15 @@ class Sam3Stages:
     Args:
         model: a ``transformers.Sam3Model`` in eval mode. Its device and dtype are used
             for every stage; nothing here names a device.
+        compile_backbone: run the ViT backbone through ``torch.compile``.
 
     """
 
-    def __init__(self, model: Sam3Model) -> None:
+    def __init__(self, model: Sam3Model, compile_backbone: bool = False) -> None:
         self.model = model
+        backbone = model.vision_encoder.backbone
+        # torch.compile wraps without changing the module (the loaded model stays plain)
+        self._backbone = torch.compile(backbone) if compile_backbone else backbone
 
     @property
     def device(self) -> torch.device:
@@ -187,7 +191,7 @@ class Sam3Stages:
 
         """
         vision = self.model.vision_encoder
-        hidden = vision.backbone(pixel_values).last_hidden_state  # [V, h*w, D]
+        hidden = self._backbone(pixel_values).last_hidden_state  # [V, h*w, D]
         patch = vision.config.backbone_config.patch_size
         h, w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
         spatial = hidden.view(hidden.shape[0], h, w, -1).permute(0, 3, 1, 2)

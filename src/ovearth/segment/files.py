@@ -9,20 +9,28 @@ For an input ``<stem>.<ext>``, :func:`segment_file` writes into ``out_dir``:
 * with ``probs=True``, ``<stem>_probs.tif``: one float32 band per class (its logit),
   band descriptions = class names.
 
+GeoTIFFs larger than :data:`WINDOWED_PIXELS` (or any, with ``windowed=True``) are read
+and written by windows (:mod:`ovearth.segment.scene`): same outputs, bounded memory, the
+labels always a tiled GeoTIFF and the overlay a quick-look.
+
 Every file is written atomically: a failure leaves no partial output.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import rasterio
+
 from ..data.atomic import atomic_path
-from ..data.raster import IMAGE_SUFFIXES, RasterImage, read_image, write_labels, write_probs
+from ..data.raster import IMAGE_SUFFIXES, RASTER_SUFFIXES, RasterImage, read_image, write_labels, write_probs
 from ..errors import InputError
 from ..viz import overlay, palette
+from .scene import WINDOWED_PIXELS, SceneResult, segment_scene
 from .segmentor import Prediction, Segmentor
+from .zoom import Zoom
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,30 @@ def output_paths(image: Path, out_dir: Path, georeferenced: bool, probs: bool) -
     return paths
 
 
+def use_windows(path: Path, segmentor: Segmentor, windowed: bool | None) -> bool:
+    """Whether ``path`` is segmented by windows: as asked, else for large sliding-window GeoTIFFs.
+
+    Raises:
+        InputError: windows asked for a PNG/JPEG.
+
+    """
+    is_raster = path.suffix.lower() in RASTER_SUFFIXES
+    if windowed is not None:
+        if windowed and not is_raster:
+            raise InputError(f"{path}: --windowed reads GeoTIFFs; PNG and JPEG are read whole.")
+        return windowed
+    if not is_raster:
+        return False
+    with rasterio.open(path) as dataset:
+        large = dataset.height * dataset.width > WINDOWED_PIXELS
+    if large and segmentor.settings.slide_crop == 0:
+        logger.warning(
+            "%s is large and squeezed into one view; --slide-crop/--slide-stride would read it by windows.",
+            path,
+        )
+    return large and segmentor.settings.slide_crop > 0 and Zoom.parse(segmentor.settings.zoom) is None
+
+
 def segment_file(
     segmentor: Segmentor,
     path: str | Path,
@@ -75,7 +107,9 @@ def segment_file(
     bands: tuple[int, int, int] | None = None,
     stretch: str = "percentile",
     probs: bool = False,
-) -> tuple[Prediction, dict[str, Path]]:
+    windowed: bool | None = None,
+    on_view: Callable[[int, int], None] | None = None,
+) -> tuple[Prediction | SceneResult, dict[str, Path]]:
     """Read, segment and write one image.
 
     Args:
@@ -85,19 +119,25 @@ def segment_file(
         bands: 1-based bands for R, G, B (GeoTIFF).
         stretch: 8-bit scaling rule (see :mod:`ovearth.data.raster`).
         probs: also write the per-class logits.
+        windowed: read and write by windows (None: automatic, see :func:`use_windows`).
+        on_view: progress callback of windowed runs, ``on_view(done, total)``.
 
     Returns:
-        The prediction and the written files.
+        The prediction (a :class:`SceneResult` when windowed) and the written files.
 
     Raises:
         InputError: unreadable input.
 
     """
+    path = Path(path)
+    out = Path(out_dir)
+    if use_windows(path, segmentor, windowed):
+        paths = output_paths(path, out, georeferenced=True, probs=probs)
+        return segment_scene(segmentor, path, paths, bands, stretch, on_view), paths
     image: RasterImage = read_image(path, bands=bands, stretch=stretch)
     if not image.valid.any():
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", image.path)
     prediction = segmentor.predict(image.rgb, valid=image.valid)
-    out = Path(out_dir)
     paths = output_paths(image.path, out, image.georeferenced, probs)
     names = prediction.class_names
     write_labels(paths["labels"], prediction.labels, image, palette(len(names)))

@@ -55,6 +55,44 @@ def instance_max(mask_logits: Tensor, scores: Tensor, size: tuple[int, int], chu
     return out
 
 
+def kept_padded(scores: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The kept queries of each prompt, padded to the largest count, for batched masks.
+
+    Args:
+        scores: ``[B, Q]`` instance scores.
+        keep: ``[B, Q]`` bool, the queries kept.
+
+    Returns:
+        ``(index [B, K], weight [B, K])`` with ``K = max_b keep[b].sum()``: the kept
+        queries first (by score), then padding whose ``weight`` is 0. Since
+        ``sigmoid(m) * 0 = 0`` and the instance term is floored at 0, padding changes
+        nothing in :func:`instance_max_batched`. One host sync (for ``K``).
+
+    """
+    count = int(keep.sum(dim=1).max()) if keep.numel() else 0
+    index = torch.where(keep, scores, -1.0).topk(count, dim=1).indices
+    weight = torch.where(keep.gather(1, index), scores.gather(1, index), 0.0)
+    return index, weight
+
+
+def instance_max_batched(
+    mask_logits: Tensor, scores: Tensor, size: tuple[int, int], chunk: int = 4
+) -> Tensor:
+    """:func:`instance_max` for ``B`` prompts at once: ``[B, K, h, w], [B, K] -> [B, H, W]``.
+
+    Padding instances carry score 0 (see :func:`kept_padded`). Resized ``chunk``
+    instances of every prompt at a time (memory ``B * chunk * H * W`` floats).
+    """
+    out = torch.zeros(mask_logits.shape[0], *size, dtype=mask_logits.dtype, device=mask_logits.device)
+    for start in range(0, mask_logits.shape[1], chunk):
+        part = mask_logits[:, start : start + chunk]
+        if tuple(part.shape[-2:]) != tuple(size):
+            part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+        probs = part.sigmoid().mul_(scores[:, start : start + chunk, None, None])
+        out = torch.maximum(out, probs.amax(dim=1))
+    return out
+
+
 def names_to_classes(name_logits: Tensor, name_class: list[int], num_classes: int) -> Tensor:
     """Class logit = max over the class's names: ``[P, H, W] -> [K, H, W]``."""
     rows: list[list[int]] = [[] for _ in range(num_classes)]

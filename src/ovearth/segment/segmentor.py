@@ -32,10 +32,17 @@ from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
 from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens, parse_refine
 from ..refine.first_pass import first_pass
-from .fusion import instance_max, labels_from_logits, names_to_classes, semantic_probs
+from .fusion import (
+    instance_max,
+    instance_max_batched,
+    kept_padded,
+    labels_from_logits,
+    names_to_classes,
+    semantic_probs,
+)
 from .preprocess import preprocess
 from .reference import reference_view_logits
-from .settings import ACCELERATOR_PROMPT_BATCH, SegmentSettings
+from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, SegmentSettings
 from .vocabulary import Vocabulary
 from .windows import Window, views_for
 from .zoom import Zoom, choose_regions
@@ -103,7 +110,11 @@ class Segmentor:
                 f"Refiners reading a first decoder pass ({', '.join(sorted(self.pipeline.first_pass))}) work "
                 "per prompt: use refine_at=fusion."
             )
-        self.stages = Sam3Stages(self.loaded.model)
+        self.stages = Sam3Stages(self.loaded.model, compile_backbone=self.settings.compile)
+        #: instance masks of all prompts of a batch at once, padded to the largest kept count
+        #: (no per-prompt host syncs; accelerators). On CPU the per-prompt loop computes
+        #: no padding, which measured faster.
+        self.batched_instances = self.stages.device.type != "cpu"
         self._text: TextFeatures | None = None
 
     @property
@@ -112,6 +123,13 @@ class Segmentor:
         if self.settings.prompt_batch is not None:
             return self.settings.prompt_batch
         return 1 if self.stages.device.type == "cpu" else ACCELERATOR_PROMPT_BATCH
+
+    @property
+    def view_batch(self) -> int:
+        """Views per backbone batch: the setting, else 1 on CPU and a larger batch on accelerators."""
+        if self.settings.view_batch is not None:
+            return self.settings.view_batch
+        return 1 if self.stages.device.type == "cpu" else ACCELERATOR_VIEW_BATCH
 
     @property
     def text_features(self) -> TextFeatures:
@@ -191,13 +209,23 @@ class Segmentor:
         count = torch.zeros(height, width, device=device)
         presence = torch.zeros(num_names, device=device)
         zoom = Zoom.parse(s.zoom)
-        disjoint = sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width
-        skip = s.skip_absent and s.use_presence and s.prob_thd > 0 and disjoint and zoom is None
+        skip = self.can_skip(windows, height, width)
         self._add_views(view, windows, total, count, presence, skip)
         if zoom is not None:  # second pass: the least certain regions as extra views
             first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
             self._add_views(view, choose_regions(first, zoom), total, count, presence)
         return total / count, presence
+
+    def can_skip(self, windows: list[Window], height: int, width: int) -> bool:
+        """Whether the provable skip applies to ``windows`` of a ``height x width`` image.
+
+        It does when asked for, with presence gating and ``prob_thd > 0``, without zoom,
+        and when the windows tile the image without overlap.
+        """
+        s = self.settings
+        disjoint = sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width
+        no_zoom = Zoom.parse(s.zoom) is None
+        return s.skip_absent and s.use_presence and s.prob_thd > 0 and disjoint and no_zoom
 
     def _add_views(
         self,
@@ -209,8 +237,8 @@ class Segmentor:
         skip: bool = False,
     ) -> None:
         """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
-        for start in range(0, len(windows), self.settings.view_batch):
-            batch = windows[start : start + self.settings.view_batch]
+        for start in range(0, len(windows), self.view_batch):
+            batch = windows[start : start + self.view_batch]
             for window, (logits, pres) in zip(batch, self._window_logits(view, batch, skip), strict=True):
                 total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
@@ -219,20 +247,38 @@ class Segmentor:
     def _window_logits(
         self, image: Tensor, windows: list[Window], skip: bool = False
     ) -> list[tuple[Tensor, Tensor]]:
+        return self.crop_logits([image[:, w.y1 : w.y2, w.x1 : w.x2] for w in windows], skip)
+
+    @torch.inference_mode()
+    def crop_logits(self, crops: list[Tensor], skip: bool = False) -> list[tuple[Tensor, Tensor]]:
+        """Per-name logits of views run through the backbone together (no averaging).
+
+        Args:
+            crops: ``V`` views, each ``[3, h, w]`` uint8 (sizes may differ).
+            skip: apply the provable skip (see :class:`SegmentSettings`); only valid
+                when no pixel is covered by two views.
+
+        Returns:
+            Per view ``([P, h, w] logits, [P] presence)``.
+
+        """
         size = self.stages.image_size
         dtype = self.stages.dtype
-        crops = [image[:, w.y1 : w.y2, w.x1 : w.x2] for w in windows]
+        device = self.stages.device
+        crops = [crop.to(device) for crop in crops]
         pixels = torch.stack([preprocess(crop, size, dtype) for crop in crops])
-        if self.settings.mode == "reference":
-            names = self.vocabulary.names
-            return [
-                reference_view_logits(
-                    self.loaded, pixels[i : i + 1], crop, names, self.settings, self.pipeline
-                )
-                for i, crop in enumerate(crops)
-            ]
-        vision = self.stages.encode_images(pixels)
-        return [self._view_logits_fast(vision.view(i), crop, skip) for i, crop in enumerate(crops)]
+        bf16 = self.settings.precision == "bfloat16"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if self.settings.mode == "reference":
+                names = self.vocabulary.names
+                return [
+                    reference_view_logits(
+                        self.loaded, pixels[i : i + 1], crop, names, self.settings, self.pipeline
+                    )
+                    for i, crop in enumerate(crops)
+                ]
+            vision = self.stages.encode_images(pixels)
+            return [self._view_logits_fast(vision.view(i), crop, skip) for i, crop in enumerate(crops)]
 
     def _view_logits_fast(
         self, vision: VisionFeatures, crop: Tensor, skip: bool = False
@@ -283,10 +329,17 @@ class Segmentor:
                 vision, fused if every else fused.select(rows), for_mask if every else for_mask[rows]
             )
             term = torch.zeros(len(presence), *size, device=stages.device)
-            for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
-                if kept_any[b]:
-                    masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
-                    term[b] = instance_max(masks.float(), scores[b][keep[b]].float(), size)
+            if self.batched_instances and any(kept_any):  # padded to the largest count: few syncs
+                index, weight = kept_padded(scores[rows], keep[rows])
+                selected = decoded.queries[rows]
+                queries = selected.gather(1, index[..., None].expand(-1, -1, selected.shape[-1]))
+                masks = stages.instance_logits(pixel_embed, queries)
+                term[rows] = instance_max_batched(masks.float(), weight.float(), size)
+            elif any(kept_any):
+                for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
+                    if kept_any[b]:
+                        masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
+                        term[b] = instance_max(masks.float(), scores[b][keep[b]].float(), size)
             if s.use_semantic:
                 semantic = semantic_probs(stages.semantic_logits(pixel_embed).float(), size)
                 term[rows] = torch.maximum(term[rows], semantic)

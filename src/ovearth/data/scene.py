@@ -1,0 +1,199 @@
+"""Read and write GeoTIFF scenes window by window, so memory does not grow with the scene.
+
+:class:`SceneReader` gives 8-bit RGB windows of a raster of any size. Its stretch is
+computed once for the whole scene and is *the same* as :func:`~ovearth.data.raster.read_image`
+computes on the whole image: the statistics sample is every ``step``-th valid value in
+raster order, with ``step`` from the scene's valid count (two streaming passes over the
+raster; no pass at all for uint8 data or fixed rules). Windows read through it therefore
+equal the same windows cut from the whole image.
+
+:class:`SceneWriter` writes labels (and optionally class logits) as tiled, deflate
+GeoTIFFs, rows at a time, into temporary files that are renamed onto the outputs only
+when the whole scene is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RasterWindow
+
+from ..constants import NODATA_LABEL
+from ..errors import InputError
+from .atomic import atomic_path
+from .raster import (
+    RASTER_SUFFIXES,
+    apply_stretch,
+    check_image,
+    geotiff_profile,
+    label_colormap,
+    needs_statistics,
+    sample_step,
+    stretch_limits,
+)
+
+#: Rows per read in the statistics passes (a strip of the scene, all columns).
+STATS_ROWS = 512
+
+#: GDAL's block cache while a scene is read and written, in MB. GDAL's default is 5 %
+#: of the machine's memory, which a large scene fills with cached and dirty tiles.
+GDAL_CACHE_MB = 128
+
+
+def bounded_gdal_cache() -> rasterio.Env:
+    """A ``rasterio.Env`` whose block cache holds at most :data:`GDAL_CACHE_MB`."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
+class SceneReader:
+    """A GeoTIFF opened for windowed reading as 8-bit RGB (use as a context manager).
+
+    Args:
+        path: a GeoTIFF.
+        bands: 1-based bands for R, G, B (default: see :mod:`ovearth.data.raster`).
+        stretch: the 8-bit scaling rule (see :mod:`ovearth.data.raster`).
+
+    Attributes:
+        height, width: scene size in pixels.
+        crs, transform: georeferencing (None without a CRS).
+        bands: the bands read as R, G, B.
+        limits: per band ``(low, high)`` of the stretch (None for uint8 data).
+
+    Raises:
+        InputError: not a GeoTIFF, unreadable, a bad band choice or stretch rule.
+
+    """
+
+    def __init__(
+        self, path: str | Path, bands: tuple[int, int, int] | None = None, stretch: str = "percentile"
+    ) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in RASTER_SUFFIXES:
+            raise InputError(f"{self.path}: windowed reading needs a GeoTIFF; PNG and JPEG are read whole.")
+        self.bands = check_image(self.path, bands)
+        self._dataset = rasterio.open(self.path)
+        data = self._dataset
+        self.height, self.width = data.height, data.width
+        self.crs = data.crs
+        self.transform = data.transform if data.crs is not None else None
+        self.dtype = np.dtype(data.dtypes[self.bands[0] - 1])
+        self._float = np.issubdtype(self.dtype, np.floating)
+        self.limits = None
+        if self.dtype != np.uint8:
+            samples = self._samples() if needs_statistics(self.dtype, stretch) else None
+            self.limits = stretch_limits(samples, self.dtype, stretch, self.path)
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the raster."""
+        self._dataset.close()
+
+    def read_raw(self, y1: int, y2: int, x1: int, x2: int) -> tuple[np.ndarray, np.ndarray]:
+        """``([3, h, w] band data, [h, w] valid)`` of ``[y1:y2, x1:x2]``, before stretching.
+
+        Raises:
+            InputError: corrupt pixel data.
+
+        """
+        window = RasterWindow(x1, y1, x2 - x1, y2 - y1)
+        try:
+            data = self._dataset.read(list(self.bands), window=window)
+            valid = self._dataset.dataset_mask(window=window) > 0
+        except RasterioError as error:
+            raise InputError(
+                f"{self.path}: the pixel data is corrupt or truncated and cannot be read ({error})."
+            ) from None
+        if self._float:
+            valid &= np.isfinite(data).all(axis=0)
+        return data, valid
+
+    def read(self, y1: int, y2: int, x1: int, x2: int) -> tuple[np.ndarray, np.ndarray]:
+        """``([h, w, 3] uint8 RGB, [h, w] valid)`` of the window ``[y1:y2, x1:x2]``."""
+        data, valid = self.read_raw(y1, y2, x1, x2)
+        rgb = data if self.limits is None else apply_stretch(data, self.limits)
+        return np.ascontiguousarray(rgb.transpose(1, 2, 0)), valid
+
+    def _strips(self) -> list[tuple[int, int]]:
+        return [(y, min(y + STATS_ROWS, self.height)) for y in range(0, self.height, STATS_ROWS)]
+
+    def _samples(self) -> list[np.ndarray]:
+        """Every ``step``-th valid value per band in raster order (two passes, strip by strip)."""
+        count = 0
+        for y1, y2 in self._strips():
+            count += int(self.read_raw(y1, y2, 0, self.width)[1].sum())
+        step = sample_step(count)
+        samples: list[list[np.ndarray]] = [[], [], []]
+        seen = 0  # valid values before the current strip
+        for y1, y2 in self._strips():
+            data, valid = self.read_raw(y1, y2, 0, self.width)
+            n = int(valid.sum())
+            first = (-seen) % step  # index within this strip of the next sampled value
+            for b in range(3):
+                samples[b].append(data[b][valid][first::step].astype(np.float64))
+            seen += n
+        return [np.concatenate(parts) for parts in samples]
+
+
+class SceneWriter:
+    """Labels (and optionally logits) of a scene, written as tiled GeoTIFFs rows at a time.
+
+    Use as a context manager: outputs appear at their final paths only if the block
+    exits without an exception.
+
+    Args:
+        labels_path: the uint8 labels GeoTIFF (255 = nodata, colour table).
+        reader: the scene (size and georeferencing).
+        colors: ``[K, 3]`` uint8 class colours.
+        probs_path: optional float32 logits GeoTIFF, one band per class.
+        names: band descriptions of the logits file.
+
+    """
+
+    def __init__(
+        self,
+        labels_path: Path,
+        reader: SceneReader,
+        colors: np.ndarray,
+        probs_path: Path | None = None,
+        names: list[str] | None = None,
+    ) -> None:
+        self._stack = contextlib.ExitStack()
+        shape = (reader.height, reader.width)
+        self._probs = None
+        try:
+            temp = self._stack.enter_context(atomic_path(labels_path))
+            profile = geotiff_profile(shape, 1, "uint8", reader.crs, reader.transform)
+            self._labels = self._stack.enter_context(rasterio.open(temp, "w", nodata=NODATA_LABEL, **profile))
+            self._labels.write_colormap(1, label_colormap(colors))
+            if probs_path is not None:
+                temp = self._stack.enter_context(atomic_path(probs_path))
+                profile = geotiff_profile(shape, len(names or []), "float32", reader.crs, reader.transform)
+                self._probs = self._stack.enter_context(rasterio.open(temp, "w", **profile))
+                for band, name in enumerate(names or [], start=1):
+                    self._probs.set_band_description(band, name)
+        except BaseException as error:  # remove what was opened, as a failed write would
+            self._stack.__exit__(type(error), error, error.__traceback__)
+            raise
+
+    def __enter__(self) -> SceneWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # closing the datasets flushes them; the atomic paths then rename (or remove on error)
+        self._stack.__exit__(*exc)
+
+    def write_rows(self, y1: int, labels: np.ndarray, logits: np.ndarray | None = None) -> None:
+        """Write ``[h, W]`` labels (and ``[K, h, W]`` logits) at rows ``y1 .. y1 + h``."""
+        window = RasterWindow(0, y1, labels.shape[1], labels.shape[0])
+        self._labels.write(labels, 1, window=window)
+        if self._probs is not None and logits is not None:
+            self._probs.write(logits.astype(np.float32), window=window)

@@ -1,0 +1,241 @@
+"""Segment a GeoTIFF of any size window by window, with memory bounded by one row of windows.
+
+The sliding windows are placed on the *whole scene* exactly as :func:`views_for` places
+them on a whole image, and run in the same row-major order; per-name logits are summed
+into a buffer that holds only the rows still covered by a pending window. Once every
+window touching a row is done, the row is final: ``logits = sum / count`` (the
+reference's averaging rule), then class max, thresholds and labels as in
+:meth:`Segmentor.predict`, written into a tiled, deflate GeoTIFF and dropped from the
+buffer. The output therefore equals the whole-image output bit for bit (tested).
+
+Memory: the buffer holds ``P`` names x ``crop + 256`` rows x the scene width in float32,
+allocated once; rows are finished 64 at a time; GDAL's block cache is capped at
+:data:`~ovearth.data.scene.GDAL_CACHE_MB`. Memory grows with the scene's width, never
+with its height or area.
+
+Extra saving, exact: when the windows do not overlap, a window without any valid pixel
+is not run (its pixels are all nodata, 255, whatever it would predict).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.atomic import atomic_path
+from ..data.raster import GEOTIFF_BLOCK
+from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
+from ..errors import InputError
+from ..viz import MAX_OVERLAY_SIDE, overlay, palette
+from .fusion import labels_from_logits, names_to_classes
+from .segmentor import Segmentor
+from .windows import Window, views_for
+from .zoom import Zoom
+
+logger = logging.getLogger(__name__)
+
+#: Scenes with more pixels than this are read by windows by default (``segment``).
+WINDOWED_PIXELS = 64_000_000
+
+
+@dataclass
+class SceneResult:
+    """What a windowed run found.
+
+    Attributes:
+        class_names: the ``K`` display names.
+        presence: ``[K]`` presence per class (max over names and views).
+        height, width: scene size.
+        views: windows placed on the scene.
+        skipped_views: windows not run because they hold no valid pixel (disjoint windows only).
+
+    """
+
+    class_names: list[str]
+    presence: Tensor
+    height: int
+    width: int
+    views: int
+    skipped_views: int
+
+
+def window_rows(windows: list[Window]) -> list[list[Window]]:
+    """Group row-major windows into rows of equal ``y1`` (the order is kept)."""
+    rows: list[list[Window]] = []
+    for window in windows:
+        if rows and rows[-1][0].y1 == window.y1:
+            rows[-1].append(window)
+        else:
+            rows.append([window])
+    return rows
+
+
+class RowBuffer:
+    """Sums and counts of per-name logits for the scene rows ``[top, top + capacity)``.
+
+    Allocated once; finished rows are dropped by moving the rest up in place, one name
+    at a time, so no temporary larger than ``capacity x width`` floats is made.
+    """
+
+    def __init__(self, names: int, capacity: int, width: int) -> None:
+        self.total = torch.zeros(names, capacity, width)
+        self.count = torch.zeros(capacity, width)
+        self.top = 0
+
+    def add(self, window: Window, logits: Tensor) -> None:
+        """``total[window] += logits`` (``[P, h, w]``), ``count[window] += 1``."""
+        rows = slice(window.y1 - self.top, window.y2 - self.top)
+        if rows.start < 0 or rows.stop > self.count.shape[0]:
+            raise RuntimeError(f"window {window} is outside the buffered rows from {self.top}")
+        self.total[:, rows, window.x1 : window.x2] += logits
+        self.count[rows, window.x1 : window.x2] += 1
+
+    def mean(self, y1: int, y2: int) -> Tensor:
+        """``[P, y2 - y1, W]`` averaged logits of scene rows ``y1 .. y2``."""
+        rows = slice(y1 - self.top, y2 - self.top)
+        return self.total[:, rows] / self.count[rows]
+
+    def drop(self, upto: int) -> None:
+        """Forget the rows above ``upto``; the buffer then starts there."""
+        n = upto - self.top
+        kept = self.count.shape[0] - n
+        for plane in (*self.total, self.count):
+            plane[:kept] = plane[n:].clone()
+            plane[kept:] = 0
+        self.top = upto
+
+
+def segment_scene(
+    segmentor: Segmentor,
+    path: str | Path,
+    paths: dict[str, Path],
+    bands: tuple[int, int, int] | None = None,
+    stretch: str = "percentile",
+    on_view: Callable[[int, int], None] | None = None,
+) -> SceneResult:
+    """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"probs"``, ``"overlay"``).
+
+    Args:
+        segmentor: its settings must slide (``slide_crop > 0``) and not zoom.
+        path: the GeoTIFF.
+        paths: output files: ``labels`` (GeoTIFF), ``overlay`` (PNG quick-look, longest
+            side at most :data:`MAX_OVERLAY_SIDE`), optional ``probs`` (float32 GeoTIFF).
+        bands: 1-based bands for R, G, B.
+        stretch: 8-bit scaling rule, computed over the whole scene.
+        on_view: called as ``on_view(done, total)`` after each window (progress).
+
+    Returns:
+        The :class:`SceneResult`.
+
+    Raises:
+        InputError: unreadable input, or settings that need the whole image at once.
+
+    """
+    s = segmentor.settings
+    if s.slide_crop == 0:
+        raise InputError(
+            f"{path}: reading a scene by windows needs sliding windows; pass --slide-crop and --slide-stride."
+        )
+    if Zoom.parse(s.zoom) is not None:
+        raise InputError(f"{path}: --zoom ranks regions of the whole first pass, not by windows.")
+    names = segmentor.vocabulary.labels
+    with bounded_gdal_cache(), SceneReader(path, bands, stretch) as reader:
+        height, width = reader.height, reader.width
+        windows = views_for(height, width, s.slide_crop, s.slide_stride)
+        disjoint = sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width
+        skip = segmentor.can_skip(windows, height, width)
+        rows = window_rows(windows)
+        # the buffer starts at most one block above a row of windows and reaches its bottom
+        buffer = RowBuffer(len(segmentor.vocabulary.names), min(s.slide_crop + GEOTIFF_BLOCK, height), width)
+        presence = torch.zeros(len(segmentor.vocabulary.names))
+        done = skipped = 0
+        quick = _QuickLook(height, width)
+        with SceneWriter(paths["labels"], reader, palette(len(names)), paths.get("probs"), names) as writer:
+            for r, row in enumerate(rows):
+                for start in range(0, len(row), segmentor.view_batch):
+                    batch = row[start : start + segmentor.view_batch]
+                    crops, run = [], []
+                    for window in batch:
+                        rgb, valid = reader.read(*window)
+                        if disjoint and not valid.any():
+                            skipped += 1
+                            continue
+                        crops.append(torch.from_numpy(rgb).permute(2, 0, 1))
+                        run.append(window)
+                    results = segmentor.crop_logits(crops, skip) if crops else []
+                    for window, (logits, pres) in zip(run, results, strict=True):
+                        buffer.add(window, logits.cpu())
+                        torch.maximum(presence, pres.cpu(), out=presence)
+                    done += len(batch)
+                    if on_view is not None:
+                        on_view(done, len(windows))
+                if r == len(rows) - 1:
+                    final = height
+                else:  # rows above the next windows are final; write whole GeoTIFF blocks only
+                    final = rows[r + 1][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK
+                if final > buffer.top:
+                    _finish_rows(segmentor, reader, writer, buffer, final, quick, "probs" in paths)
+                    buffer.drop(final)
+    if not quick.any_valid:
+        logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", path)
+    with atomic_path(paths["overlay"]) as temp:
+        overlay(*quick.arrays(), names).save(temp, format="PNG")
+    name_class = segmentor.vocabulary.name_class
+    class_presence = names_to_classes(presence[:, None, None], name_class, len(names))[:, 0, 0]
+    return SceneResult(names, class_presence, height, width, len(windows), skipped)
+
+
+#: Rows finished at a time (bounds the temporaries of the class rules).
+FINISH_ROWS = 64
+
+
+def _finish_rows(
+    segmentor: Segmentor,
+    reader: SceneReader,
+    writer: SceneWriter,
+    buffer: RowBuffer,
+    final: int,
+    quick: _QuickLook,
+    probs: bool,
+) -> None:
+    """Labels (and logits) of rows ``buffer.top .. final``, as :meth:`Segmentor.predict` makes them."""
+    s = segmentor.settings
+    vocabulary = segmentor.vocabulary
+    for y in range(buffer.top, final, FINISH_ROWS):
+        y_end = min(y + FINISH_ROWS, final)
+        rgb, valid = reader.read(y, y_end, 0, reader.width)
+        class_logits = names_to_classes(buffer.mean(y, y_end), vocabulary.name_class, len(vocabulary))
+        labels = labels_from_logits(class_logits, s.prob_thd, s.bg_idx).to(torch.uint8).numpy()
+        labels[~valid] = 255
+        logits = None
+        if probs:
+            logits = class_logits.numpy()
+            logits[:, ~valid] = float("nan")
+        writer.write_rows(y, labels, logits)
+        quick.add(y, rgb, labels, valid)
+
+
+class _QuickLook:
+    """Every ``step``-th row and column of the image and labels, for the overlay picture."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.step = max(1, math.ceil(max(height, width) / MAX_OVERLAY_SIDE))
+        self.rgb: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.any_valid = False
+
+    def add(self, y: int, rgb: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> None:
+        first = (-y) % self.step
+        self.rgb.append(rgb[first :: self.step, :: self.step])
+        self.labels.append(labels[first :: self.step, :: self.step])
+        self.any_valid |= bool(valid.any())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.rgb), np.concatenate(self.labels)
