@@ -56,3 +56,21 @@ def test_scores_follow_sam3_formula(tiny):
     scores, presence = decoded.scores()
     torch.testing.assert_close(presence, decoded.presence_logits.sigmoid())
     torch.testing.assert_close(scores, decoded.query_logits.sigmoid() * presence[:, None])
+
+
+def test_shared_first_block_gives_the_encoders_output(tiny):
+    """Layer 0's prompt-free self-attention, computed once per view, changes nothing."""
+    stages = Sam3Stages(tiny.model)
+    pixels = preprocess(torch.from_numpy(make_image(4, 150, 120)).permute(2, 0, 1), stages.image_size)[None]
+    tokens = tokenize(tiny.tokenizer, ["road", "water body", "tree"])
+    with torch.inference_mode():
+        vision = stages.encode_images(pixels)
+        text = stages.encode_text(tokens.input_ids, tokens.attention_mask)
+        plain = stages.fuse(vision, text)
+        first = stages.first_self_attention(vision)
+        shared = stages.fuse(vision, text, first)
+    assert first.shape == (1, *plain.tokens.shape[1:])
+    torch.testing.assert_close(shared.tokens, plain.tokens, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared.pos, plain.pos, rtol=0, atol=0)
+    assert torch.equal(shared.spatial_shapes, plain.spatial_shapes)
+    assert not torch.equal(shared.tokens[0], shared.tokens[1])  # the prompts still differ

@@ -217,12 +217,33 @@ class Sam3Stages:
         out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return TextFeatures(features=out.pooler_output, mask=attention_mask.bool())
 
-    def fuse(self, vision: VisionFeatures, text: TextFeatures) -> FusedTokens:
+    def first_self_attention(self, vision: VisionFeatures) -> Tensor:
+        """The fusion encoder's first block, which does not see the prompt.
+
+        Layer 0 starts with ``x + self_attn(q = k = norm1(x) + pos, v = norm1(x))`` on
+        the image tokens alone; the prompt enters only at its cross-attention. Computed
+        once per view, it serves every prompt (pass it to :meth:`fuse` as ``shared``).
+
+        Returns:
+            ``[V, N, C]`` tokens after that block.
+
+        """
+        layer = self.model.detr_encoder.layers[0]
+        tokens = vision.levels[-1].flatten(2).transpose(1, 2)
+        pos = vision.pos[-1].flatten(2).transpose(1, 2)
+        normed = layer.layer_norm1(tokens)
+        attended, _ = layer.self_attn(query=normed + pos, key=normed + pos, value=normed)
+        return layer.dropout(attended) + tokens
+
+    def fuse(self, vision: VisionFeatures, text: TextFeatures, shared: Tensor | None = None) -> FusedTokens:
         """Fusion encoder: the coarsest image level attends to each prompt.
 
         Args:
             vision: features of ONE view (batch 1) or of ``B`` views (batch ``B``).
             text: ``B`` prompts; a single view is broadcast to all of them.
+            shared: :meth:`first_self_attention` of ``vision``; when given, layer 0
+                continues from it (cross-attention and MLP) instead of recomputing it
+                for every prompt. Equal results; the plain call is the encoder's forward.
 
         Returns:
             Fused tokens of the ``B`` (view, prompt) pairs.
@@ -233,6 +254,8 @@ class Sam3Stages:
         if level.shape[0] != batch:
             level = level.expand(batch, -1, -1, -1)
             pos = pos.expand(batch, -1, -1, -1)
+        if shared is not None:
+            return self._fuse_from_shared(level, pos, text, shared.expand(batch, -1, -1))
         out = self.model.detr_encoder(
             vision_features=[level],
             text_features=text.features,
@@ -245,6 +268,35 @@ class Sam3Stages:
             text=out.text_features,
             text_mask=text.mask,
             spatial_shapes=out.spatial_shapes,
+        )
+
+    def _fuse_from_shared(
+        self, level: Tensor, pos: Tensor, text: TextFeatures, hidden: Tensor
+    ) -> FusedTokens:
+        """``Sam3DetrEncoder.forward`` with layer 0's self-attention block already done."""
+        encoder = self.model.detr_encoder
+        tokens = level.flatten(2).transpose(1, 2)
+        pos_flat = pos.flatten(2).transpose(1, 2)
+        mask = create_bidirectional_mask(
+            config=encoder.config,
+            inputs_embeds=tokens,
+            attention_mask=text.mask,
+            encoder_hidden_states=text.features,
+        )
+        first = encoder.layers[0]  # its cross-attention and MLP blocks, as in its forward
+        normed = first.layer_norm2(hidden)
+        attended, _ = first.cross_attn(
+            query=normed, key=text.features, value=text.features, attention_mask=mask
+        )
+        hidden = first.dropout(attended) + hidden
+        hidden = first.dropout(first.mlp(first.layer_norm3(hidden))) + hidden
+        for layer in encoder.layers[1:]:
+            hidden = layer(
+                hidden, prompt_feats=text.features, vision_pos_encoding=pos_flat, prompt_cross_attn_mask=mask
+            )
+        shape = torch.tensor([level.shape[-2:]], dtype=torch.long, device=level.device)
+        return FusedTokens(
+            tokens=hidden, pos=pos_flat, text=text.features, text_mask=text.mask, spatial_shapes=shape
         )
 
     def decode(self, fused: FusedTokens, tokens: Tensor | None = None) -> DecoderOutput:

@@ -292,13 +292,14 @@ class Segmentor:
         if self.pipeline and s.refine_at == "backbone":
             vision = refine_backbone(vision, self.pipeline, RefineContext(view=crop, cache=cache))
         text = self.text_features
+        shared = stages.first_self_attention(vision)  # the prompt-free first block, once per view
         num_names = text.features.shape[0]
         batch = self.prompt_batch
         logits = torch.zeros(num_names, *size, device=stages.device)
         presence_all = torch.zeros(num_names, device=stages.device)
         for start in range(0, num_names, batch):
             chunk = slice(start, min(start + batch, num_names))
-            fused = stages.fuse(vision, text.select(chunk))
+            fused = stages.fuse(vision, text.select(chunk), shared)
             for_decoder = for_mask = fused.tokens
             if self.pipeline and s.refine_at == "fusion":
                 context = RefineContext(prompts=names[chunk], view=crop, cache=cache)
