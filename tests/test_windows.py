@@ -3,7 +3,7 @@
 import pytest
 
 from ovearth.errors import InputError
-from ovearth.segment.windows import Window, views_for
+from ovearth.segment.windows import Window, tiles_without_overlap, views_for
 
 
 def test_exact_tiling():
@@ -38,3 +38,10 @@ def test_small_image_is_one_view_and_thin_image_slides_along_its_long_side():
 def test_bad_slide_settings(crop, stride, message):
     with pytest.raises(InputError, match=message):
         views_for(1000, 1000, crop, stride)
+
+
+def test_tiles_without_overlap():
+    assert tiles_without_overlap(views_for(300, 200, 100, 100), 300, 200)  # exact tiling
+    assert not tiles_without_overlap(views_for(300, 250, 100, 100), 300, 250)  # last column shifted back
+    assert not tiles_without_overlap(views_for(300, 200, 100, 50), 300, 200)  # stride < crop
+    assert tiles_without_overlap(views_for(90, 80, 0, 0), 90, 80)  # one view

@@ -167,15 +167,12 @@ def read_image(
         return RasterImage(path=path, rgb=rgb, valid=np.ones(rgb.shape[:2], bool))
     try:
         with rasterio.open(path) as dataset:
-            data = dataset.read(list(chosen))
-            valid = dataset.dataset_mask() > 0
+            data, valid = read_bands(dataset, chosen, path)
             crs, transform = dataset.crs, dataset.transform
     except RasterioError as error:
         raise InputError(
             f"{path}: the pixel data is corrupt or truncated and cannot be read ({error})."
         ) from None
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data).all(axis=0)
     rgb = to_uint8(data, valid, stretch, path)
     return RasterImage(
         path=path,
@@ -185,6 +182,33 @@ def read_image(
         transform=transform if crs is not None else None,
         bands=chosen,
     )
+
+
+def read_bands(
+    dataset: rasterio.DatasetReader,
+    bands: tuple[int, int, int],
+    path: Path | str,
+    window: rasterio.windows.Window | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``([3, h, w] band data, [h, w] valid)`` of an open raster, whole or one window.
+
+    Valid = the dataset mask (nodata value, alpha, internal mask), and for floats finite
+    values in all three bands.
+
+    Raises:
+        InputError: corrupt or truncated pixel data.
+
+    """
+    try:
+        data = dataset.read(list(bands), window=window)
+        valid = dataset.dataset_mask(window=window) > 0
+    except RasterioError as error:
+        raise InputError(
+            f"{path}: the pixel data is corrupt or truncated and cannot be read ({error})."
+        ) from None
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return data, valid
 
 
 def to_uint8(data: np.ndarray, valid: np.ndarray, stretch: str, path: Path | str = "image") -> np.ndarray:
@@ -240,30 +264,33 @@ def stretch_limits(
 
     """
     rule = stretch.strip().lower()
-    fixed = None
     if rule == "none":
-        fixed = (0.0, 255.0)
-    elif rule not in ("percentile", "minmax"):
+        return [_with_spread(0.0, 255.0, dtype)] * 3
+    if rule not in ("percentile", "minmax"):
         try:
-            fixed = tuple(float(v) for v in rule.split(","))
+            low, high = (float(v) for v in rule.split(","))
         except ValueError:
-            fixed = ()
-        if len(fixed) != 2:
-            raise InputError(f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH.")
+            raise InputError(
+                f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH."
+            ) from None
+        return [_with_spread(low, high, dtype)] * 3
     limits = []
-    for sample in samples if fixed is None else [None] * 3:
-        if fixed is not None:
-            low, high = fixed
-        elif sample.size == 0:
+    for sample in samples:
+        if sample.size == 0:
             low, high = 0.0, 1.0
         elif rule == "percentile":
             low, high = (float(v) for v in np.percentile(sample, [2, 98]))
         else:
             low, high = float(sample.min()), float(sample.max())
-        if high <= low:  # no spread: fall back to the type's range
-            low, high = 0.0, float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
-        limits.append((low, high))
+        limits.append(_with_spread(low, high, dtype))
     return limits
+
+
+def _with_spread(low: float, high: float, dtype: np.dtype) -> tuple[float, float]:
+    """``(low, high)``, or the type's range (0..max for integers, 0..1 for floats) without spread."""
+    if high > low:
+        return low, high
+    return 0.0, float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
 def apply_stretch(data: np.ndarray, limits: list[tuple[float, float]]) -> np.ndarray:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
 from rasterio.windows import Window as RasterWindow
 
 from ..constants import NODATA_LABEL
@@ -32,6 +31,7 @@ from .raster import (
     geotiff_profile,
     label_colormap,
     needs_statistics,
+    read_bands,
     sample_step,
     stretch_limits,
 )
@@ -81,7 +81,6 @@ class SceneReader:
         self.crs = data.crs
         self.transform = data.transform if data.crs is not None else None
         self.dtype = np.dtype(data.dtypes[self.bands[0] - 1])
-        self._float = np.issubdtype(self.dtype, np.floating)
         self.limits = None
         if self.dtype != np.uint8:
             samples = self._samples() if needs_statistics(self.dtype, stretch) else None
@@ -104,17 +103,7 @@ class SceneReader:
             InputError: corrupt pixel data.
 
         """
-        window = RasterWindow(x1, y1, x2 - x1, y2 - y1)
-        try:
-            data = self._dataset.read(list(self.bands), window=window)
-            valid = self._dataset.dataset_mask(window=window) > 0
-        except RasterioError as error:
-            raise InputError(
-                f"{self.path}: the pixel data is corrupt or truncated and cannot be read ({error})."
-            ) from None
-        if self._float:
-            valid &= np.isfinite(data).all(axis=0)
-        return data, valid
+        return read_bands(self._dataset, self.bands, self.path, RasterWindow(x1, y1, x2 - x1, y2 - y1))
 
     def read(self, y1: int, y2: int, x1: int, x2: int) -> tuple[np.ndarray, np.ndarray]:
         """``([h, w, 3] uint8 RGB, [h, w] valid)`` of the window ``[y1:y2, x1:x2]``."""

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import rasterio
+from rasterio.errors import RasterioError
 
 from ..data.atomic import atomic_path
 from ..data.raster import IMAGE_SUFFIXES, RASTER_SUFFIXES, RasterImage, read_image, write_labels, write_probs
@@ -90,8 +91,11 @@ def use_windows(path: Path, segmentor: Segmentor, windowed: bool | None) -> bool
         return windowed
     if not is_raster:
         return False
-    with rasterio.open(path) as dataset:
-        large = dataset.height * dataset.width > WINDOWED_PIXELS
+    try:
+        with rasterio.open(path) as dataset:
+            large = dataset.height * dataset.width > WINDOWED_PIXELS
+    except RasterioError:
+        return False  # read whole, where read_image names the problem
     if large and segmentor.settings.slide_crop == 0:
         logger.warning(
             "%s is large and squeezed into one view; --slide-crop/--slide-stride would read it by windows.",

@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
 from .fusion import labels_from_logits, names_to_classes
 from .segmentor import Segmentor
-from .windows import Window, views_for
+from .windows import Window, tiles_without_overlap, views_for
 from .zoom import Zoom
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def segment_scene(
     with bounded_gdal_cache(), SceneReader(path, bands, stretch) as reader:
         height, width = reader.height, reader.width
         windows = views_for(height, width, s.slide_crop, s.slide_stride)
-        disjoint = sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width
+        disjoint = tiles_without_overlap(windows, height, width)
         skip = segmentor.can_skip(windows, height, width)
         rows = window_rows(windows)
         # the buffer starts at most one block above a row of windows and reaches its bottom

@@ -44,7 +44,7 @@ from .preprocess import preprocess
 from .reference import reference_view_logits
 from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, SegmentSettings
 from .vocabulary import Vocabulary
-from .windows import Window, views_for
+from .windows import Window, tiles_without_overlap, views_for
 from .zoom import Zoom, choose_regions
 
 logger = logging.getLogger(__name__)
@@ -223,9 +223,9 @@ class Segmentor:
         and when the windows tile the image without overlap.
         """
         s = self.settings
-        disjoint = sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width
-        no_zoom = Zoom.parse(s.zoom) is None
-        return s.skip_absent and s.use_presence and s.prob_thd > 0 and disjoint and no_zoom
+        if not (s.skip_absent and s.use_presence and s.prob_thd > 0) or Zoom.parse(s.zoom) is not None:
+            return False
+        return tiles_without_overlap(windows, height, width)
 
     def _add_views(
         self,

@@ -74,7 +74,7 @@ class SegmentSettings:
             raise InputError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}.")
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'.")
-        if min(b for b in (self.prompt_batch, self.view_batch, 1) if b is not None) < 1:
+        if any(b is not None and b < 1 for b in (self.prompt_batch, self.view_batch)):
             raise InputError(
                 f"prompt_batch and view_batch must be >= 1, got {self.prompt_batch} and {self.view_batch}."
             )

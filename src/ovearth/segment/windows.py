@@ -70,3 +70,12 @@ def views_for(height: int, width: int, crop: int, stride: int) -> list[Window]:
             x2 = min(c * stride + crop, width)
             windows.append(Window(max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
     return windows
+
+
+def tiles_without_overlap(windows: list[Window], height: int, width: int) -> bool:
+    """True when ``windows`` cover the ``height x width`` image with no pixel in two of them.
+
+    Windows placed by :func:`views_for` cover every pixel, so their areas summing to
+    the image's area means no overlap.
+    """
+    return sum((w.y2 - w.y1) * (w.x2 - w.x1) for w in windows) == height * width

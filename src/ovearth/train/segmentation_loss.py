@@ -7,6 +7,8 @@ terms are in :mod:`ovearth.train.losses`.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping
 
 import torch
@@ -196,7 +198,7 @@ class CombinedLoss(nn.Module):
         unknown = sorted(set(terms) - set(TERMS))
         if unknown:
             raise ValueError(f"unknown loss terms {unknown}; known: {', '.join(TERMS)}.")
-        total: Tensor | None = None
+        weighted: list[Tensor] = []
         parts: dict[str, Tensor] = {}
         for name in TERMS:
             weight = self.weights[name]
@@ -208,8 +210,8 @@ class CombinedLoss(nn.Module):
             value = value() if callable(value) else value
             if not isinstance(value, Tensor) or value.dim() != 0:
                 raise ValueError(f"term '{name}' must be a scalar tensor, got {value!r}.")
-            total = weight * value if total is None else total + weight * value
+            weighted.append(weight * value)
             parts[name] = value.detach()
-        assert total is not None  # at least one weight is > 0 (checked in __init__)
+        total = functools.reduce(operator.add, weighted)  # not empty: __init__ wants a weight > 0
         parts["total"] = total.detach()
         return total, parts
