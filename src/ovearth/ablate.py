@@ -13,6 +13,7 @@ A grid is YAML::
       - {name: "smooth", refine: "smooth:a=0.2"}              # name optional
       - {refine: "lowpass:r=12,b=0.2", refine_at: fusion, refine_for: decoder}
       - {name: "zoom", zoom: "k=4,scale=2"}                      # two-pass zoom as a setting
+      - {name: "trained", adapter: "runs/loveda-lora"}            # a trained adapter (ovearth train)
 
 ``paper`` is the built-in grid of MISSION.md part 3 (``configs/grids/paper.yaml``).
 """
@@ -40,20 +41,22 @@ from .model.load import LoadedModel
 from .refine import parse_refine
 from .segment.segmentor import Segmentor
 from .segment.settings import SegmentSettings
+from .train.adapter import adapted, read_adapter
 
-_SETTING_KEYS = {"name", "refine", "refine_at", "refine_for", "zoom"}
+_SETTING_KEYS = {"name", "refine", "refine_at", "refine_for", "zoom", "adapter"}
 BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
 class AblationSetting:
-    """One row of the ablation: a refinement and where it applies."""
+    """One row of the ablation: a refinement and where it applies, and optionally a trained adapter."""
 
     name: str
     refine: str = ""
     refine_at: str = "fusion"
     refine_for: str = "both"
     zoom: str = ""
+    adapter: str = ""
 
     def apply(self, settings: SegmentSettings) -> SegmentSettings:
         """The protocol's settings with this refinement (and zoom)."""
@@ -107,8 +110,10 @@ BASELINE_SETTING = AblationSetting(name=BASELINE)
 
 
 def _setting(entry: Any, where: str) -> AblationSetting:
-    if not isinstance(entry, dict) or not ({"refine", "zoom"} & set(entry)):
-        raise InputError(f"{where}: every setting needs a 'refine' spec (or a 'zoom'), got {entry!r}.")
+    if not isinstance(entry, dict) or not ({"refine", "zoom", "adapter"} & set(entry)):
+        raise InputError(
+            f"{where}: every setting needs a 'refine' spec (or a 'zoom' or an 'adapter'), got {entry!r}."
+        )
     unknown = sorted(set(entry) - _SETTING_KEYS)
     if unknown:
         raise InputError(
@@ -121,9 +126,11 @@ def _setting(entry: Any, where: str) -> AblationSetting:
         SegmentSettings(refine=spec, **fields)
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
-    return AblationSetting(
-        name=str(entry.get("name") or spec or f"zoom {fields.get('zoom')}"), refine=spec, **fields
-    )
+    adapter = str(entry.get("adapter") or "")
+    if adapter:
+        read_adapter(adapter)  # a bad adapter stops the grid before anything is evaluated
+    default = spec or (f"zoom {fields['zoom']}" if "zoom" in fields else f"adapter {Path(adapter).name}")
+    return AblationSetting(name=str(entry.get("name") or default), refine=spec, adapter=adapter, **fields)
 
 
 def load_roots(source: str | Path, datasets: list[str]) -> dict[str, Path]:
@@ -180,9 +187,12 @@ def run_ablation(
             dataset = SegmentationDataset(protocol, root, limit=limit)
             results[protocol.name] = {}
             for setting in grid:
-                segmentor = Segmentor(loaded, protocol.vocabulary, settings=setting.apply(protocol.settings))
-                target = out / protocol.name / setting.slug
-                results[protocol.name][setting.name] = evaluate(segmentor, dataset, target, EvalOptions())
+                with adapted(loaded, setting.adapter or None) as model:
+                    segmentor = Segmentor(
+                        model, protocol.vocabulary, settings=setting.apply(protocol.settings)
+                    )
+                    target = out / protocol.name / setting.slug
+                    results[protocol.name][setting.name] = evaluate(segmentor, dataset, target, EvalOptions())
                 done += 1
                 if progress is not None:
                     progress(protocol.name, setting.name, done, total)
@@ -224,6 +234,7 @@ def write_ablation(
             "refine",
             "refine_at",
             "refine_for",
+            "adapter",
             *[f"{d} mIoU" for d in datasets],
             *[f"{d} delta" for d in datasets],
         ]
@@ -235,6 +246,7 @@ def write_ablation(
             text = f"{value:.2f}" + ("" if setting.name == BASELINE else f" ({delta:+.2f})")
             cells.append(f"**{text}**" if best[d] == setting.name else text)
         where = "" if not setting.refine else f" @{setting.refine_at}/{setting.refine_for}"
+        where += f" + adapter `{setting.adapter}`" if setting.adapter else ""
         lines.append(f"| {setting.name} | `{setting.refine or '-'}`{where} | " + " | ".join(cells) + " |")
         writer.writerow(
             [
@@ -242,6 +254,7 @@ def write_ablation(
                 setting.refine,
                 setting.refine_at,
                 setting.refine_for,
+                setting.adapter,
                 *[f"{miou[d][setting.name]:.4f}" for d in datasets],
                 *[f"{_delta(miou[d][setting.name], miou[d][BASELINE]):.4f}" for d in datasets],
             ]

@@ -60,6 +60,9 @@ ViewBatchOption = Annotated[
 CompileOption = Annotated[
     bool, typer.Option("--compile", help="torch.compile the backbone (the first view pays compilation).")
 ]
+AdapterOption = Annotated[
+    Path | None, typer.Option(help="A trained adapter: the -o folder of `ovearth train` or its adapter/.")
+]
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose")]
 
 
@@ -120,12 +123,16 @@ def given(**options):
     return {key: value for key, value in options.items() if value is not None}
 
 
-def load_on(model: str, device: str):
-    """Load the model (see :func:`ovearth.load_model`) onto a resolved device."""
+def load_on(model: str, device: str, adapter: Path | None = None):
+    """Load the model (see :func:`ovearth.load_model`) onto a resolved device, with an adapter if given."""
     from ..model.load import load_model
 
     loaded = load_model(model)
     loaded.model.to(resolve_device(device))
+    if adapter is not None:
+        from ..train.adapter import apply_adapter
+
+        loaded = apply_adapter(loaded, adapter)
     return loaded
 
 

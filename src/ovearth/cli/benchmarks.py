@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
 from .app import (
+    AdapterOption,
     CompileOption,
     DeviceOption,
     ModelOption,
@@ -43,6 +44,7 @@ def eval_(
     dataset_config: Annotated[Path | None, typer.Option(help="Your own protocol YAML, same schema.")] = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    adapter: AdapterOption = None,
     mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     skip_bad: Annotated[
@@ -97,7 +99,7 @@ def eval_(
     from ..evaluate import EvalOptions, evaluate
     from ..segment.segmentor import Segmentor
 
-    loaded = load_on(model, device)
+    loaded = load_on(model, device, adapter)
     segmentor = Segmentor(loaded, protocol.vocabulary, settings=settings)
     options = EvalOptions(skip_bad=skip_bad, save_predictions=save_predictions)
     show = err.is_terminal and is_main_process()
@@ -134,16 +136,25 @@ def ablate(
     ] = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    adapter: Annotated[
+        Path | None,
+        typer.Option(help="Also evaluate the baseline with this trained adapter (a row named 'adapter')."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images of each dataset.")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Compare token refinements with the unrefined baseline on benchmark datasets."""
     setup_logging(verbose)
-    from ..ablate import load_grid, load_roots, run_ablation, settings_from_specs
+    from ..ablate import AblationSetting, load_grid, load_roots, run_ablation, settings_from_specs
 
     if (grid is None) == (not refine):
         raise InputError("Give exactly one of --grid (paper or a YAML file) or one or more --refine SPEC.")
     settings = load_grid(grid) if grid is not None else settings_from_specs(refine or [])
+    if adapter is not None:
+        from ..train.adapter import read_adapter
+
+        read_adapter(adapter)  # a bad adapter stops the run before anything is evaluated
+        settings.append(AblationSetting(name="adapter", adapter=str(adapter)))
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if not names:
         raise InputError("--datasets is empty; give protocol names like loveda,potsdam.")

@@ -14,6 +14,7 @@ from ..constants import DEFAULT_MODEL
 from ..data.atomic import write_text_atomic
 from ..errors import InputError
 from .app import (
+    AdapterOption,
     BandsOption,
     ClassesOption,
     CompileOption,
@@ -50,6 +51,7 @@ def segment(
     ] = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    adapter: AdapterOption = None,
     mode: Annotated[str, typer.Option(help="fast, or reference (the plain per-name loop).")] = "fast",
     confidence_threshold: Annotated[
         float | None, typer.Option(help="Keep instances scoring above this.")
@@ -135,7 +137,7 @@ def segment(
 
     from ..segment.segmentor import Segmentor
 
-    loaded = load_on(model, device)
+    loaded = load_on(model, device, adapter)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
     by_windows = {file: use_windows(file, segmentor, windowed) for file in files}  # refuses bad asks now
     results = []
@@ -198,6 +200,7 @@ def tokens(
     refine_for: RefineForOption = "both",
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    adapter: AdapterOption = None,
     bands: BandsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -211,7 +214,7 @@ def tokens(
     from ..probe.tokens import token_report
     from ..segment.segmentor import Segmentor
 
-    loaded = load_on(model, device)
+    loaded = load_on(model, device, adapter)
     summary = token_report(Segmentor(loaded, vocabulary, settings=settings), picture.rgb, output)
     err.print(
         f"{summary['refine']}: {100 * summary['label_change']:.2f} % of labels change -> {output}/tokens.png"
@@ -232,6 +235,7 @@ def attention(
     ] = 3,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    adapter: AdapterOption = None,
     bands: BandsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -247,6 +251,6 @@ def attention(
     from ..probe.attention_report import attention_report
     from ..segment.segmentor import Segmentor
 
-    loaded = load_on(model, device)
+    loaded = load_on(model, device, adapter)
     attention_report(Segmentor(loaded, vocabulary, settings=settings), picture.rgb, output, top=top)
     err.print(f"wrote attention maps for {len(vocabulary)} classes to {output}")

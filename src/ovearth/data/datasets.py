@@ -90,7 +90,7 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` of an image from its header; raises InputError if unreadable."""
     check_image(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
@@ -170,6 +170,8 @@ class SegmentationDataset:
         protocol: the dataset protocol (or a protocol name / YAML path).
         root: the data root holding ``layout.images`` and ``layout.labels``.
         limit: keep only the first ``limit`` samples (in sorted order); None keeps all.
+        require_labels: when False, the labels folder may be missing (images only, e.g.
+            for self-training on pseudo-labels).
 
     Raises:
         InputError: missing root, images or labels folder, no image with the
@@ -177,7 +179,13 @@ class SegmentationDataset:
 
     """
 
-    def __init__(self, protocol: DatasetProtocol | str | Path, root: str | Path, limit: int | None = None):
+    def __init__(
+        self,
+        protocol: DatasetProtocol | str | Path,
+        root: str | Path,
+        limit: int | None = None,
+        require_labels: bool = True,
+    ):
         self.protocol = protocol if isinstance(protocol, DatasetProtocol) else load_protocol(protocol)
         self.root = Path(root)
         layout = self.protocol.layout
@@ -190,7 +198,8 @@ class SegmentationDataset:
         )
         if not self.root.is_dir():
             raise InputError(f"Dataset root {self.root} not found; {expect} (expected {self.images_dir}).")
-        for kind, folder in (("images", self.images_dir), ("labels", self.labels_dir)):
+        folders = [("images", self.images_dir)] + ([("labels", self.labels_dir)] if require_labels else [])
+        for kind, folder in folders:
             if not folder.is_dir():
                 raise InputError(
                     f"{folder}: {kind} folder not found under the data root {self.root}; {expect} "
@@ -274,7 +283,7 @@ class SegmentationDataset:
         if not sample.label_path.is_file():
             return f"{sample.label_path}: label file missing for image {sample.image_path}."
         try:
-            height, width = _image_size(sample.image_path)
+            height, width = image_size(sample.image_path)
             label = sample.load_label()
         except InputError as error:
             return str(error)

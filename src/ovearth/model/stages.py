@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from transformers import Sam3Model
 from transformers.masking_utils import create_bidirectional_mask
 
@@ -155,11 +156,17 @@ class Sam3Stages:
         model: a ``transformers.Sam3Model`` in eval mode. Its device and dtype are used
             for every stage; nothing here names a device.
         compile_backbone: run the ViT backbone through ``torch.compile``.
+        checkpoint_fusion: under autograd, recompute fusion-encoder layers 1.. in the
+            backward pass instead of storing their activations (gradient checkpointing,
+            for training; applies to :meth:`fuse` with ``shared``).
 
     """
 
-    def __init__(self, model: Sam3Model, compile_backbone: bool = False) -> None:
+    def __init__(
+        self, model: Sam3Model, compile_backbone: bool = False, checkpoint_fusion: bool = False
+    ) -> None:
         self.model = model
+        self.checkpoint_fusion = checkpoint_fusion
         backbone = model.vision_encoder.backbone
         # torch.compile wraps without changing the module (the loaded model stays plain)
         self._backbone = torch.compile(backbone) if compile_backbone else backbone
@@ -290,10 +297,12 @@ class Sam3Stages:
         )
         hidden = first.dropout(attended) + hidden
         hidden = first.dropout(first.mlp(first.layer_norm3(hidden))) + hidden
+        inputs = dict(prompt_feats=text.features, vision_pos_encoding=pos_flat, prompt_cross_attn_mask=mask)
         for layer in encoder.layers[1:]:
-            hidden = layer(
-                hidden, prompt_feats=text.features, vision_pos_encoding=pos_flat, prompt_cross_attn_mask=mask
-            )
+            if self.checkpoint_fusion and torch.is_grad_enabled():
+                hidden = checkpoint(layer, hidden, use_reentrant=False, **inputs)
+            else:
+                hidden = layer(hidden, **inputs)
         shape = torch.tensor([level.shape[-2:]], dtype=torch.long, device=level.device)
         return FusedTokens(
             tokens=hidden, pos=pos_flat, text=text.features, text_mask=text.mask, spatial_shapes=shape

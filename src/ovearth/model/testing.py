@@ -22,13 +22,14 @@ TINY_MODEL_NOTE = (
 )
 
 
-def tiny_config(image_size: int = 1008) -> Sam3Config:
+def tiny_config(image_size: int = 1008, fusion_layers: int = 1) -> Sam3Config:
     """A SAM 3 configuration with tiny widths and depths.
 
     Args:
         image_size: square input size; a multiple of 14 whose patch grid is a multiple
             of the ViT window (8 below 1008, 24 at 1008). 1008 gives the real 72 x 72
             token grid; 336 (24 x 24) makes tests fast.
+        fusion_layers: layers of the DETR fusion encoder (6 in SAM 3).
 
     Returns:
         The configuration (random-weight models built from it are a few MB).
@@ -65,7 +66,9 @@ def tiny_config(image_size: int = 1008) -> Sam3Config:
         geometry_encoder_config=dict(
             hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64
         ),
-        detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_encoder_config=dict(
+            hidden_size=32, num_layers=fusion_layers, num_attention_heads=2, intermediate_size=64
+        ),
         detr_decoder_config=dict(
             hidden_size=32, num_layers=2, num_queries=20, num_attention_heads=2, intermediate_size=64
         ),
@@ -73,7 +76,7 @@ def tiny_config(image_size: int = 1008) -> Sam3Config:
     )
 
 
-def tiny_sam3(seed: int = 0, image_size: int = 1008) -> Sam3Model:
+def tiny_sam3(seed: int = 0, image_size: int = 1008, fusion_layers: int = 1) -> Sam3Model:
     """A randomly initialised tiny ``Sam3Model`` in eval mode.
 
     Linear and convolution layers get PyTorch's fan-in initialisation instead of the
@@ -84,6 +87,7 @@ def tiny_sam3(seed: int = 0, image_size: int = 1008) -> Sam3Model:
     Args:
         seed: seed of the random initialisation (same seed, same weights).
         image_size: see :func:`tiny_config`.
+        fusion_layers: see :func:`tiny_config`.
 
     Returns:
         The model (float32, CPU).
@@ -92,7 +96,7 @@ def tiny_sam3(seed: int = 0, image_size: int = 1008) -> Sam3Model:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = Sam3Model(tiny_config(image_size)).eval()
+        model = Sam3Model(tiny_config(image_size, fusion_layers)).eval()
         for module in model.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 module.reset_parameters()

@@ -10,7 +10,8 @@ the module's own projections:
 shape ``[B, H, Q + 1, N]`` per layer, where row 0 is the presence token (it attends to
 all image tokens with a zero bias) and rows 1..Q are the object queries. The model's
 own computation is untouched (the outputs stay bit-identical); the probabilities are
-computed a second time, in float32, on the side.
+computed a second time, in float32, on the side, without autograd (a training loss
+that uses them treats them as a fixed target).
 
 Aggregations (each normalised to sum to 1 over the ``N`` patches):
 
@@ -63,6 +64,7 @@ class DecoderAttention:
             handle.remove()
         self._handles.clear()
 
+    @torch.no_grad()
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         probs = attention_probs(module, kwargs["query"], kwargs["key"], kwargs.get("attention_mask"))
         if self.keep_full:

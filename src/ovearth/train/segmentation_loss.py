@@ -48,8 +48,13 @@ class SegmentationLoss(nn.Module):
     taken as given. BCE is the mean over the pixels of all valid pairs, Dice the mean
     over valid pairs of each pair's own Dice (sums over its pixels); 0 with no pair.
 
-    The total is ``bce_weight * (BCE + BCE_inst) + dice_weight * (Dice + Dice_inst)``.
-    :meth:`terms` returns the unweighted parts.
+    **Presence** (optional). ``presence_logits [B, K]`` are per-class image-level logits
+    (SAM 3's presence token); the target of ``(b, k)`` is 1 when class ``k`` has at
+    least one non-ignored pixel in ``target[b]``, else 0. ``BCE_pres`` is the mean BCE
+    over the ``B * K`` entries (items without any valid pixel are left out).
+
+    The total is ``bce_weight * (BCE + BCE_inst + BCE_pres) + dice_weight * (Dice +
+    Dice_inst)``. :meth:`terms` returns the unweighted parts.
 
     Args:
         bce_weight: weight of the BCE terms (>= 0).
@@ -88,8 +93,9 @@ class SegmentationLoss(nn.Module):
         instance_logits: Tensor | None = None,
         instance_targets: Tensor | None = None,
         instance_valid: Tensor | None = None,
+        presence_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Unweighted ``bce`` and ``dice`` (and ``instance_bce``, ``instance_dice``) scalars.
+        """Unweighted ``bce``, ``dice`` (``instance_bce``, ``instance_dice``, ``presence_bce``) scalars.
 
         Raises:
             ValueError: on mismatched shapes or labels outside ``[0, K)`` and the ignore label.
@@ -118,7 +124,19 @@ class SegmentationLoss(nn.Module):
         out["dice"] = (dice * classes).sum() / classes.sum().clamp_min(1)
         if instance_logits is not None:
             out.update(self._instance_terms(instance_logits, instance_targets, instance_valid))
+        if presence_logits is not None:
+            out["presence_bce"] = self._presence_term(presence_logits, onehot, valid)
         return out
+
+    def _presence_term(self, logits: Tensor, onehot: Tensor, valid: Tensor) -> Tensor:
+        if logits.shape != onehot.shape[:2]:
+            expected, got = tuple(onehot.shape[:2]), tuple(logits.shape)
+            raise ValueError(f"presence_logits must be [B, K] = {expected}, got {got}.")
+        x = logits.to(onehot.dtype)
+        present = (onehot.sum((2, 3)) > 0).to(x.dtype)  # [B, K]
+        items = valid.flatten(1).any(1).to(x.dtype)[:, None].expand_as(x)  # [B, K]
+        bce = F.binary_cross_entropy_with_logits(x, present, reduction="none")
+        return (bce * items).sum() / items.sum().clamp_min(1)
 
     def _instance_terms(
         self, logits: Tensor, targets: Tensor | None, valid: Tensor | None
@@ -150,10 +168,11 @@ class SegmentationLoss(nn.Module):
         instance_logits: Tensor | None = None,
         instance_targets: Tensor | None = None,
         instance_valid: Tensor | None = None,
+        presence_logits: Tensor | None = None,
     ) -> Tensor:
         """Weighted total of :meth:`terms` (same arguments), a scalar."""
-        parts = self.terms(logits, target, instance_logits, instance_targets, instance_valid)
-        bce = parts["bce"] + parts.get("instance_bce", 0.0)
+        parts = self.terms(logits, target, instance_logits, instance_targets, instance_valid, presence_logits)
+        bce = parts["bce"] + parts.get("instance_bce", 0.0) + parts.get("presence_bce", 0.0)
         dice = parts["dice"] + parts.get("instance_dice", 0.0)
         return self.bce_weight * bce + self.dice_weight * dice
 
