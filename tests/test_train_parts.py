@@ -201,7 +201,8 @@ def test_instance_pairs_follow_each_names_class():
     by_class = torch.zeros(2, 4, 4, dtype=torch.bool)
     by_class[1, :2, :2] = True
     by_class[0, 2:, 2:] = True
-    pairs, targets = instance_pairs(logits, kept, [1, 0], by_class, limit=4)
+    pairs, targets, matched = instance_pairs(logits, kept, [1, 0], by_class, limit=4)
+    assert torch.equal(matched, kept)
     assert pairs.shape == (2, 4, 4)
     assert torch.equal(targets.bool(), torch.stack([by_class[1], by_class[0]]))
     assert torch.equal(pairs, torch.stack([logits[0, 0], logits[1, 1]]))

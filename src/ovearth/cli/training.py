@@ -147,5 +147,6 @@ def train(
     shown = f"; mean loss of the last steps {last:.4f}" if last is not None else ""
     err.print(
         f"trained {summary['trainable_parameters']:,} parameters ({settings.trainable}) for "
-        f"{summary['steps_done']} steps{shown} -> {output}/adapter (use --adapter {output})"
+        f"{summary['steps_done']} steps{shown} -> {output}/adapter (use --adapter {output})",
+        soft_wrap=True,
     )

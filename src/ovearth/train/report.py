@@ -11,7 +11,7 @@ from ..data.atomic import atomic_path, write_text_atomic
 from .segmentation_loss import TERMS
 
 #: Columns of ``losses.csv``: step, learning rate, the combined loss, its unweighted terms, the
-#: kept masks per view the encoder terms used, seconds.
+#: kept masks per view with an inside and an outside (what the encoder terms use), seconds.
 COLUMNS = ("step", "lr", "total", *TERMS, "masks", "seconds")
 
 
@@ -32,27 +32,25 @@ def _cell(value: Any) -> str:
 
 
 def loss_chart(path: str | Path, rows: list[dict[str, Any]], title: str = "Training loss") -> None:
-    """Combined loss and each unweighted term against the step (log scale where positive), PNG."""
+    """Small multiples against the step: the combined loss, each unweighted term, the kept masks (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [row["step"] for row in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(steps, [row["total"] for row in rows], color="black", linewidth=1.2)
-    left.set_title("combined loss")
-    for term in TERMS:
-        values = [row.get(term) for row in rows]
-        if any(v is not None for v in values):
-            right.plot(steps, [float("nan") if v is None else v for v in values], label=term, linewidth=1)
-    right.set_title("terms (unweighted)")
-    if all(row.get(t) is None or row[t] > 0 for row in rows for t in TERMS):
-        right.set_yscale("log")
-    right.legend(fontsize=8)
-    for axis in (left, right):
-        axis.set_xlabel("step")
+    panels = [("total", "combined loss"), *((t, t) for t in TERMS), ("masks", "usable own masks per view")]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5.5))
+    for axis, (key, label) in zip(axes.ravel(), panels, strict=True):
+        values = [row.get(key) for row in rows]
+        if all(v is None for v in values):
+            axis.text(0.5, 0.5, "weight 0: not computed", ha="center", va="center", transform=axis.transAxes)
+        else:
+            axis.plot(steps, [float("nan") if v is None else v for v in values], linewidth=1.1)
+        axis.set_title(label, fontsize=10)
+        axis.set_xlabel("step", fontsize=8)
         axis.grid(alpha=0.3)
+        axis.tick_params(labelsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as temp:

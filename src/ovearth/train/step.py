@@ -8,21 +8,26 @@ For one view and all ``P`` prompt names of the vocabulary:
 3. DETR decoder under :class:`~ovearth.probe.attention.DecoderAttention` (its image
    cross-attention recorded on the side, without autograd), mask decoder and semantic
    head; frozen, but the gradient flows through them to the tokens;
-4. kept queries (score > the protocol's ``confidence_threshold``, at most
-   ``max_instances`` per name) give instance masks ``[P, K, 4h, 4w]``.
+4. the ``max_instances`` best-scoring queries of each name are the candidates; their
+   instance masks ``[P, K, 4h, 4w]`` are computed; those scoring above the protocol's
+   ``confidence_threshold`` are *kept*, as at inference.
 
 Loss (:class:`~ovearth.train.segmentation_loss.CombinedLoss`):
 
 * ``seg``: :class:`~ovearth.train.segmentation_loss.SegmentationLoss` on the class
   semantic logits (max over each class's names, resized bilinearly to the label),
-  presence logits (max over names) and the matched instance masks
-  (:mod:`ovearth.train.targets`) against the label map (or pseudo-labels);
+  presence logits (max over names) and the candidates' instance masks matched to the
+  label's instances (:mod:`ovearth.train.targets`), against the label map (or
+  pseudo-labels); plus, as in DETR, a BCE on the candidates' query logits with target 1
+  for matched and 0 for unmatched candidates (mean over candidates) - without it
+  nothing holds the scores up, the kept set can empty, and the self-supervised terms
+  below fall to 0 by starvation rather than by learning;
 * ``attn``: attention distillation of the tokens' energy to the decoder's query
   attention (``patch_weights("queries")``);
 * ``contrast`` and ``boundary``: on the view's own kept masks
   (``sigmoid(mask logit) > 0.5``), detached - SAM 3's own confident masks as targets
-  (stop-gradient, recomputed at every step). Both are 0 when no query is kept; the
-  ``masks`` column of ``losses.csv`` shows how many were.
+  (stop-gradient, recomputed at every step). Both are 0 when no kept mask has an
+  inside and an outside; the ``masks`` column of ``losses.csv`` counts those that do.
 
 The model stays in eval mode: dropout is off, so training optimises the same
 deterministic forward that inference runs.
@@ -33,12 +38,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..model.stages import Sam3Stages, TextFeatures
 from ..probe.attention import DecoderAttention
-from ..segment.fusion import kept_padded, names_to_classes, resize
+from ..segment.fusion import names_to_classes, resize
 from .losses import AttentionDistillation, BoundaryHinge, MaskContrastive
 from .segmentation_loss import CombinedLoss, SegmentationLoss
 from .settings import TrainSettings
@@ -88,7 +94,8 @@ class TrainStep:
 
         Returns:
             ``(loss, parts)``: the scalar to back-propagate, and the detached unweighted
-            terms plus ``masks``, the number of kept queries (the model's own masks).
+            terms plus ``masks``, the number of kept masks that are neither empty nor full
+            (the own masks the encoder terms can use).
 
         """
         stages, s = self.stages, self.settings
@@ -105,12 +112,13 @@ class TrainStep:
             else:
                 pixel_embed = stages.pixel_embed(vision, fused)
             semantic = stages.semantic_logits(pixel_embed)  # [P, 4h, 4w]
-            scores, _ = decoded.scores()
-            index, weight = kept_padded(scores.detach(), scores.detach() > self.confidence)
-            index, weight = index[:, : s.max_instances], weight[:, : s.max_instances]
+            scores = decoded.scores()[0].detach()
+            index = scores.topk(min(s.max_instances, scores.shape[1]), dim=1).indices  # [P, K] candidates
             chosen = decoded.queries.gather(1, index[..., None].expand(-1, -1, decoded.queries.shape[-1]))
             masks = stages.instance_logits(pixel_embed, chosen)  # [P, K, 4h, 4w]
-        kept = weight > 0
+        weight = scores.gather(1, index)
+        kept = weight > self.confidence
+        weight = weight * kept
         tokens, grid = fused.tokens, fused.grid
         own = (masks.detach().float().sigmoid() > 0.5) & kept[..., None, None]  # the model's own masks
 
@@ -120,10 +128,14 @@ class TrainStep:
             logits = resize(classes, tuple(label.shape))[None]  # [1, K, H, W]
             presence = names_to_classes(decoded.presence_logits.float()[:, None, None], self.name_class, k)
             by_class = class_masks(label, k, tuple(masks.shape[-2:]), self.ignore_index)
-            pairs, targets = instance_pairs(masks.float(), kept, self.name_class, by_class, s.max_instances)
-            return self.seg(
-                logits, label[None], pairs[None], targets[None], presence_logits=presence[:, 0, 0][None]
+            candidates = torch.ones_like(kept)
+            pairs, targets, matched = instance_pairs(
+                masks.float(), candidates, self.name_class, by_class, s.max_instances
             )
+            presence = presence[:, 0, 0][None]  # [1, K]
+            loss = self.seg(logits, label[None], pairs[None], targets[None], presence_logits=presence)
+            query_logits = decoded.query_logits.float().gather(1, index)  # [P, K]
+            return loss + F.binary_cross_entropy_with_logits(query_logits, matched.float())
 
         terms: dict[str, Callable[[], Tensor]] = {
             "seg": seg,
@@ -132,5 +144,6 @@ class TrainStep:
             "boundary": lambda: self.boundary(tokens, grid, own),
         }
         loss, parts = self.combined(terms)
-        parts["masks"] = kept.sum().float()  # own masks the encoder terms could use (0: they are 0)
+        area = own.flatten(2).sum(-1)
+        parts["masks"] = ((area > 0) & (area < own[0, 0].numel())).sum().float()  # usable own masks
         return loss, parts

@@ -10,7 +10,8 @@ instance masks of SAM 3's kept queries it gives no instances, so they are derive
    (the ``limit`` largest);
 3. :func:`match`: kept queries of a name and the instances of the name's class are
    paired by the Hungarian algorithm on the cost ``1 - dice(sigmoid(mask), instance)``,
-   as DETR matches predictions to objects. Unmatched queries get no mask target.
+   as DETR matches predictions to objects. Unmatched queries get no mask target (the
+   training step pushes their scores down instead).
 """
 
 from __future__ import annotations
@@ -73,22 +74,24 @@ def match(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 def instance_pairs(
     mask_logits: Tensor, kept: Tensor, name_class: list[int], masks_by_class: Tensor, limit: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Matched (mask logits, instance target) pairs of every name.
 
     Args:
         mask_logits: ``[P, Q, h, w]`` mask logits of up to ``Q`` queries per name.
-        kept: ``[P, Q]`` bool, which of them are kept (padding is not).
+        kept: ``[P, Q]`` bool, the candidate queries (padding is not one).
         name_class: class index of each of the ``P`` names.
         masks_by_class: ``[K, h, w]`` bool class masks on the same grid.
         limit: instances per class (the largest components).
 
     Returns:
-        ``(logits [M, h, w], targets [M, h, w] float)`` over all names' matched pairs
-        (``M`` may be 0).
+        ``(logits [M, h, w], targets [M, h, w] float, matched [P, Q] bool)`` over all
+        names' matched pairs (``M`` may be 0); ``matched`` marks the candidates that got
+        an instance.
 
     """
     logits, targets = [], []
+    matched = torch.zeros_like(kept, dtype=torch.bool)
     instances: dict[int, Tensor] = {}
     for p, k in enumerate(name_class):
         rows = kept[p].nonzero()[:, 0]
@@ -101,7 +104,8 @@ def instance_pairs(
         q, t = match(chosen.flatten(1).sigmoid(), found.flatten(1))
         logits.append(chosen[q])
         targets.append(found[t].to(chosen.dtype))
+        matched[p, rows[q]] = True
     if not logits:
         shape = (0, *mask_logits.shape[-2:])
-        return mask_logits.new_zeros(shape), mask_logits.new_zeros(shape)
-    return torch.cat(logits), torch.cat(targets)
+        return mask_logits.new_zeros(shape), mask_logits.new_zeros(shape), matched
+    return torch.cat(logits), torch.cat(targets), matched
