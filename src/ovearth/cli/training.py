@@ -73,7 +73,11 @@ def train(
     ] = "",
     attention_kind: Annotated[str, typer.Option(help="Attention distillation: kl, l1, topk or rank.")] = "kl",
     checkpointing: Annotated[
-        bool, typer.Option("--checkpointing", help="Gradient checkpointing (less memory, ~30 % slower).")
+        bool,
+        typer.Option(
+            "--checkpointing",
+            help="Recompute fusion layers and mask decoder in backward (-31 % memory, +13 % time).",
+        ),
     ] = False,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = True,
     save_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
