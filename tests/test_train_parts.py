@@ -243,3 +243,14 @@ def test_train_settings_validation():
     with pytest.raises(InputError, match="pseudo_threshold"):
         TrainSettings(pseudo_threshold=1.5)
     assert "save_every" not in TrainSettings().identity()
+
+
+def test_loss_weights_option():
+    from ovearth.cli.training import parse_weights
+
+    assert parse_weights("seg=1, attn=0") == {"seg": 1.0, "attn": 0.0}
+    assert parse_weights("") == {}
+    with pytest.raises(InputError, match="unknown term 'dice'"):
+        parse_weights("dice=1")
+    with pytest.raises(InputError, match="'attn=x' needs a number"):
+        parse_weights("attn=x")

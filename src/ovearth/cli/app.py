@@ -118,6 +118,20 @@ def vocabulary_and_settings(classes: str | None, preset: str | None):
     return Vocabulary.parse(classes or ""), SegmentSettings()
 
 
+def protocol_from(dataset: str | None, dataset_config: Path | None):
+    """The protocol named by ``--dataset`` or read from ``--dataset-config`` (exactly one).
+
+    Raises:
+        InputError: both or neither given, or an unknown / invalid protocol.
+
+    """
+    from ..data.protocols import load_protocol
+
+    if (dataset is None) == (dataset_config is None):
+        raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
+    return load_protocol(dataset if dataset is not None else dataset_config)
+
+
 def given(**options):
     """The options the user gave (None means "not given": the protocol's value stays)."""
     return {key: value for key, value in options.items() if value is not None}

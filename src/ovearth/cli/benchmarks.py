@@ -28,6 +28,7 @@ from .app import (
     given,
     is_main_process,
     load_on,
+    protocol_from,
     setup_logging,
 )
 
@@ -73,11 +74,8 @@ def eval_(
     """Evaluate on a benchmark with SegEarth-OV3's protocol; resumes where a killed run stopped."""
     setup_logging(verbose)
     from ..data.datasets import SegmentationDataset
-    from ..data.protocols import load_protocol
 
-    if (dataset is None) == (dataset_config is None):
-        raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
-    protocol = load_protocol(dataset if dataset is not None else dataset_config)
+    protocol = protocol_from(dataset, dataset_config)
     data = SegmentationDataset(protocol, data_root, limit=limit)
     settings = protocol.settings.replace(
         **given(

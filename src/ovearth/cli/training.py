@@ -11,7 +11,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
-from .app import DeviceOption, ModelOption, OutputOption, VerboseOption, app, err, load_on, setup_logging
+from .app import (
+    DeviceOption,
+    ModelOption,
+    OutputOption,
+    VerboseOption,
+    app,
+    err,
+    load_on,
+    protocol_from,
+    setup_logging,
+)
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -93,12 +103,9 @@ def train(
     """Train an adapter of the fusion encoder (everything else frozen); a stopped run resumes."""
     setup_logging(verbose)
     from ..data.datasets import SegmentationDataset
-    from ..data.protocols import load_protocol
     from ..train.settings import TrainSettings
 
-    if (dataset is None) == (dataset_config is None):
-        raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
-    protocol = load_protocol(dataset if dataset is not None else dataset_config)
+    protocol = protocol_from(dataset, dataset_config)
     if images is not None or labels is not None:
         layout = dataclasses.replace(
             protocol.layout,
