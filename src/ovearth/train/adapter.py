@@ -287,9 +287,15 @@ def apply_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
         CheckpointError: an unreadable adapter, or tensors that do not fit this model.
 
     """
+    return _apply(loaded, path)[0]
+
+
+def _apply(loaded: LoadedModel, path: str | Path) -> tuple[LoadedModel, dict[str, Tensor]]:
+    """:func:`apply_adapter`, also returning the values it replaced (to put them back)."""
     tensors, meta, weights = read_adapter(path)
     updates = _updates(loaded.model, tensors, float(meta.get("alpha", 16.0)), weights)
     params = dict(loaded.model.named_parameters())
+    replaced = {name: params[name].detach().clone() for name in updates}
     with torch.no_grad():
         for name, value in updates.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
@@ -297,7 +303,8 @@ def apply_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
     if base not in (None, loaded.fingerprint):
         logger.warning("adapter %s was trained on weights %s, not %s", weights, base, loaded.fingerprint)
     fingerprint = hashlib.sha256(f"{loaded.fingerprint}:{_file_hash(weights)}".encode()).hexdigest()[:16]
-    return replace(loaded, source=f"{loaded.source}+adapter:{weights.parent}", fingerprint=fingerprint)
+    source = f"{loaded.source}+adapter:{weights.parent}"
+    return replace(loaded, source=source, fingerprint=fingerprint), replaced
 
 
 @contextlib.contextmanager
@@ -309,13 +316,11 @@ def adapted(loaded: LoadedModel, path: str | Path | None) -> Iterator[LoadedMode
     if path is None or str(path) == "":
         yield loaded
         return
+    model, replaced = _apply(loaded, path)
     params = dict(loaded.model.named_parameters())
-    tensors, meta, weights = read_adapter(path)
-    changed = _updates(loaded.model, tensors, float(meta.get("alpha", 16.0)), weights)
-    saved = {name: params[name].detach().clone() for name in changed}
     try:
-        yield apply_adapter(loaded, path)
+        yield model
     finally:
         with torch.no_grad():
-            for name, value in saved.items():
+            for name, value in replaced.items():
                 params[name].copy_(value)
