@@ -1,29 +1,42 @@
-"""The staged forward equals transformers' Sam3Model.forward."""
+"""The staged forward equals transformers' Sam3Model.forward, in both prompt forms."""
 
 import pytest
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ovearth.model.stages import Sam3Stages
 from ovearth.model.testing import tiny_sam3
 from ovearth.model.tokenizer import builtin_tokenizer, tokenize
 from ovearth.segment.preprocess import preprocess
+from ovearth.segment.reference import geometry_prompt
 
 from .conftest import make_image
 
 
-@pytest.mark.parametrize("image_size", [336, 1008])
-def test_stages_reproduce_model_forward(image_size):
+def _model_forward(model, pixels, tokens, prompt_form):
+    """Sam3Model.forward on 3 prompts: text only, or text + its own geometry encoder's empty-box output."""
+    pixels = pixels.expand(3, -1, -1, -1)
+    if prompt_form == "transformers":
+        return model(pixel_values=pixels, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    vision = model.get_vision_features(pixels)
+    features, valid = geometry_prompt(model, vision)
+    text = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    prompt = BaseModelOutputWithPooling(pooler_output=torch.cat([text.pooler_output, features], 1))
+    mask = torch.cat([tokens.attention_mask.bool(), valid], 1)
+    return model(vision_embeds=vision, text_embeds=prompt, attention_mask=mask)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "prompt_form"), [(336, "meta"), (336, "transformers"), (1008, "meta")]
+)
+def test_stages_reproduce_model_forward(image_size, prompt_form):
     model = tiny_sam3(seed=3, image_size=image_size)
-    stages = Sam3Stages(model)
+    stages = Sam3Stages(model, prompt_form=prompt_form)
     image = torch.from_numpy(make_image(1, 200, 260)).permute(2, 0, 1)
     pixels = preprocess(image, image_size)[None]
     tokens = tokenize(builtin_tokenizer(), ["building", "store tank", "tree"])
     with torch.inference_mode():
-        ref = model(
-            pixel_values=pixels.expand(3, -1, -1, -1),
-            input_ids=tokens.input_ids,
-            attention_mask=tokens.attention_mask,
-        )
+        ref = _model_forward(model, pixels, tokens, prompt_form)
         vision = stages.encode_images(pixels)
         text = stages.encode_text(tokens.input_ids, tokens.attention_mask)
         fused = stages.fuse(vision, text)
@@ -35,6 +48,9 @@ def test_stages_reproduce_model_forward(image_size):
     grid = image_size // 14
     assert fused.tokens.shape == (3, grid * grid, 32) and fused.grid == (grid, grid)
     assert vision.levels[0].shape[-1] == grid * 4 and len(vision.levels) == 3
+    extra = 1 if prompt_form == "meta" else 0  # the geometry token, appended once per view
+    assert fused.text.shape[1] == tokens.input_ids.shape[1] + extra
+    assert (vision.prompt_token is None) == (prompt_form == "transformers")
     close = dict(rtol=0, atol=1e-5)
     torch.testing.assert_close(decoded.query_logits, ref.pred_logits, **close)
     torch.testing.assert_close(decoded.presence_logits, ref.presence_logits[:, 0], **close)
@@ -74,3 +90,32 @@ def test_shared_first_block_gives_the_encoders_output(tiny):
     torch.testing.assert_close(shared.pos, plain.pos, rtol=0, atol=0)
     assert torch.equal(shared.spatial_shapes, plain.spatial_shapes)
     assert not torch.equal(shared.tokens[0], shared.tokens[1])  # the prompts still differ
+
+
+def test_prompt_forms_differ_and_token_depends_on_the_view_only(tiny):
+    """Meta's form changes every output; its token is one per view, the same for every prompt."""
+    meta, plain = Sam3Stages(tiny.model), Sam3Stages(tiny.model, prompt_form="transformers")
+    images = [make_image(s, 120, 90) for s in (5, 6)]
+    pixels = torch.stack([preprocess(torch.from_numpy(i).permute(2, 0, 1), meta.image_size) for i in images])
+    tokens = tokenize(tiny.tokenizer, ["road", "water"])
+    with torch.inference_mode():
+        vision = meta.encode_images(pixels)
+        text = meta.encode_text(tokens.input_ids, tokens.attention_mask)
+        both = meta.fuse(vision.view(0), text)
+        alone = meta.fuse(vision.view(0), text.select([1]))
+        other_view = meta.fuse(vision.view(1), text.select([1]))
+        without = plain.fuse(plain.encode_images(pixels[:1]), text)
+    token = vision.prompt_token
+    assert token.shape == (2, 1, 32) and not torch.allclose(token[0], token[1])
+    torch.testing.assert_close(both.text[:, -1], token[0].expand(2, -1), rtol=0, atol=0)
+    assert both.text_mask[:, -1].all()
+    torch.testing.assert_close(
+        alone.tokens, both.tokens[1:], rtol=0, atol=1e-6
+    )  # not a function of the batch
+    assert not torch.allclose(other_view.text[:, -1], alone.text[:, -1])
+    assert (both.tokens - without.tokens).abs().max() > 1e-3
+
+
+def test_unknown_prompt_form_is_refused(tiny):
+    with pytest.raises(ValueError, match="prompt_form must be one of meta, transformers"):
+        Sam3Stages(tiny.model, prompt_form="sam2")

@@ -162,6 +162,7 @@ def run_ablation(
     out_dir: str | Path,
     limit: int | None = None,
     progress: ProgressFn | None = None,
+    prompt_form: str | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Evaluate every dataset under every setting and write the ablation reports.
 
@@ -172,6 +173,8 @@ def run_ablation(
         out_dir: output folder.
         limit: evaluate only the first N images of each dataset.
         progress: ``progress(dataset, setting, done, total)`` after each evaluation.
+        prompt_form: SAM 3's prompt form for every row (None: each protocol's, ``"meta"``
+            unless it says otherwise).
 
     Returns:
         ``{dataset: {setting name: metrics}}``.
@@ -184,13 +187,14 @@ def run_ablation(
     try:
         for name, root in datasets.items():
             protocol = load_protocol(name)
+            base = protocol.settings
+            if prompt_form is not None:
+                base = base.replace(prompt_form=prompt_form)
             dataset = SegmentationDataset(protocol, root, limit=limit)
             results[protocol.name] = {}
             for setting in grid:
                 with adapted(loaded, setting.adapter or None) as model:
-                    segmentor = Segmentor(
-                        model, protocol.vocabulary, settings=setting.apply(protocol.settings)
-                    )
+                    segmentor = Segmentor(model, protocol.vocabulary, settings=setting.apply(base))
                     target = out / protocol.name / setting.slug
                     results[protocol.name][setting.name] = evaluate(segmentor, dataset, target, EvalOptions())
                 done += 1

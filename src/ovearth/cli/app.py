@@ -63,6 +63,13 @@ CompileOption = Annotated[
 AdapterOption = Annotated[
     Path | None, typer.Option(help="A trained adapter: the -o folder of `ovearth train` or its adapter/.")
 ]
+PromptFormOption = Annotated[
+    str | None,
+    typer.Option(
+        help="meta (default: text + the geometry encoder's token, as Meta's sam3 and SegEarth-OV3) "
+        "or transformers (text only, for comparison)."
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose")]
 
 

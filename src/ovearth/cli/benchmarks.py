@@ -17,6 +17,7 @@ from .app import (
     ModelOption,
     OutputOption,
     PrecisionOption,
+    PromptFormOption,
     RefineAtOption,
     RefineForOption,
     SkipAbsentOption,
@@ -67,6 +68,7 @@ def eval_(
     zoom: ZoomOption = "",
     skip_absent: SkipAbsentOption = False,
     precision: PrecisionOption = "float32",
+    prompt_form: PromptFormOption = None,
     view_batch: ViewBatchOption = None,
     compile_backbone: CompileOption = False,
     verbose: VerboseOption = False,
@@ -87,6 +89,7 @@ def eval_(
             zoom=zoom,
             skip_absent=skip_absent,
             precision=precision,
+            prompt_form=prompt_form,
             view_batch=view_batch,
             compile=compile_backbone,
             confidence_threshold=confidence_threshold,
@@ -139,6 +142,7 @@ def ablate(
         typer.Option(help="Also evaluate the baseline with this trained adapter (a row named 'adapter')."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images of each dataset.")] = None,
+    prompt_form: PromptFormOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Compare token refinements with the unrefined baseline on benchmark datasets."""
@@ -173,7 +177,9 @@ def ablate(
         def progress(dataset: str, setting: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"{dataset}: {setting}")
 
-        results = run_ablation(loaded, roots, settings, output, limit=limit, progress=progress)
+        results = run_ablation(
+            loaded, roots, settings, output, limit=limit, progress=progress, prompt_form=prompt_form
+        )
     if is_main_process():
         for dataset, rows in results.items():
             base = rows["baseline"]["mIoU"]

@@ -23,6 +23,7 @@ from .app import (
     OutputOption,
     PrecisionOption,
     PresetOption,
+    PromptFormOption,
     RefineAtOption,
     RefineForOption,
     SkipAbsentOption,
@@ -83,6 +84,7 @@ def segment(
     zoom: ZoomOption = "",
     skip_absent: SkipAbsentOption = False,
     precision: PrecisionOption = "float32",
+    prompt_form: PromptFormOption = None,
     view_batch: ViewBatchOption = None,
     compile_backbone: CompileOption = False,
     bands: BandsOption = None,
@@ -118,6 +120,7 @@ def segment(
             zoom=zoom,
             skip_absent=skip_absent,
             precision=precision,
+            prompt_form=prompt_form,
             view_batch=view_batch,
             compile=compile_backbone,
             confidence_threshold=confidence_threshold,
@@ -198,6 +201,7 @@ def tokens(
     preset: PresetOption = None,
     refine_at: RefineAtOption = "fusion",
     refine_for: RefineForOption = "both",
+    prompt_form: PromptFormOption = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     adapter: AdapterOption = None,
@@ -209,7 +213,9 @@ def tokens(
     from ..data.raster import parse_bands, read_image
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
-    settings = base.replace(refine=refine, refine_at=refine_at, refine_for=refine_for)
+    settings = base.replace(
+        refine=refine, refine_at=refine_at, refine_for=refine_for, **given(prompt_form=prompt_form)
+    )
     picture = read_image(image, bands=parse_bands(bands))
     from ..probe.tokens import token_report
     from ..segment.segmentor import Segmentor
@@ -233,6 +239,7 @@ def attention(
     top: Annotated[
         int, typer.Option(help="Top-scoring queries shown per class in the layer x head grid.")
     ] = 3,
+    prompt_form: PromptFormOption = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     adapter: AdapterOption = None,
@@ -244,7 +251,7 @@ def attention(
     from ..data.raster import parse_bands, read_image
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
-    settings = base.replace(**given(confidence_threshold=confidence_threshold))
+    settings = base.replace(**given(confidence_threshold=confidence_threshold, prompt_form=prompt_form))
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}.")
     picture = read_image(image, bands=parse_bands(bands))

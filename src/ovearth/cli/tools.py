@@ -10,7 +10,7 @@ import typer
 from .. import __version__
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
-from .app import DeviceOption, ModelOption, OutputOption, app, err, load_on
+from .app import DeviceOption, ModelOption, OutputOption, PromptFormOption, app, err, load_on
 
 
 @app.command("make-tiny-model")
@@ -64,12 +64,13 @@ def audit(
     output: OutputOption,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
+    prompt_form: PromptFormOption = None,
 ) -> None:
     """Trace the fused patch tokens through every module that reads them; write audit.md and audit.json."""
     from ..probe.audit import run_audit, write_audit
 
     loaded = load_on(model, device)
-    result = run_audit(loaded.model)
+    result = run_audit(loaded.model, prompt_form=prompt_form or "meta")
     write_audit(result, output)
     err.print(f"wrote {output}/audit.md and audit.json")
 

@@ -15,9 +15,11 @@ from .app import (
     DeviceOption,
     ModelOption,
     OutputOption,
+    PromptFormOption,
     VerboseOption,
     app,
     err,
+    given,
     load_on,
     protocol_from,
     setup_logging,
@@ -96,6 +98,7 @@ def train(
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard an earlier run in -o instead of resuming it.")
     ] = False,
+    prompt_form: PromptFormOption = None,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
@@ -153,7 +156,10 @@ def train(
             loss = "" if row is None else f"loss {row['total']:.4f}"
             bar.update(task, description=stage, completed=done, total=total, loss=loss)
 
-        summary = run_training(loaded, data, output, settings, restart=restart, progress=progress)
+        segment = protocol.settings.replace(**given(prompt_form=prompt_form))
+        summary = run_training(
+            loaded, data, output, settings, segment=segment, restart=restart, progress=progress
+        )
     last = summary["last_10_steps_mean"].get("total")
     shown = f"; mean loss of the last steps {last:.4f}" if last is not None else ""
     err.print(

@@ -9,6 +9,7 @@ order, with the same arguments:
 stage                   computes                                     runs
 ======================  ===========================================  =================
 ``encode_images``       ViT backbone + FPN neck (levels 4x, 2x, 1x)  once per view
+                        + the geometry prompt token (Meta's form)
 ``encode_text``         CLIP text encoder + projection               once per prompt
 ``fuse``                DETR fusion encoder (image tokens x text)    per view x prompt
 ``decode``              DETR decoder: query scores and presence      per view x prompt
@@ -20,6 +21,15 @@ stage                   computes                                     runs
 Nothing here re-implements a layer: each stage is a thin call of ``Sam3Model``'s
 sub-modules, so converted or fine-tuned weights behave exactly as in ``Sam3Model``.
 The fourth FPN level (0.5x) that ``Sam3Model`` computes and then discards is skipped.
+
+**Prompt form.** Meta's ``Sam3Image`` (and so SegEarth-OV3 and every published number)
+appends to the text tokens the geometry encoder's output for an *empty* box prompt: its
+CLS token, which cross-attends to the view's coarsest FPN level. The prompt every stage
+after the text encoder reads is therefore ``T`` text tokens + 1 token (``"meta"``, the
+default). ``transformers``' ``Sam3Model.forward`` skips the geometry encoder when no box
+is given (``"transformers"``). The token depends on the view only, so it is computed
+once per view in :meth:`Sam3Stages.encode_images` and appended in :meth:`Sam3Stages.fuse`;
+``decode`` and ``pixel_embed`` read the prompt that ``fuse`` passed on.
 
 Between ``fuse`` and the two consumers of its tokens (``decode`` and ``pixel_embed``)
 sits the refinement seam: callers may hand different token tensors to each.
@@ -35,6 +45,10 @@ from torch.utils.checkpoint import checkpoint
 from transformers import Sam3Model
 from transformers.masking_utils import create_bidirectional_mask
 
+#: ``"meta"``: text tokens + the geometry encoder's CLS token (Meta's ``sam3``, SegEarth-OV3);
+#: ``"transformers"``: text tokens only (``transformers``' forward without boxes).
+PROMPT_FORMS = ("meta", "transformers")
+
 
 @dataclass
 class VisionFeatures:
@@ -45,11 +59,14 @@ class VisionFeatures:
             ``[V, C, 4h, 4w]``, ``[V, C, 2h, 2w]``, ``[V, C, h, w]`` (``h = w = 72`` for
             a 1008 input with patch 14).
         pos: sine position encodings matching ``levels`` (same shapes).
+        prompt_token: ``[V, 1, C]`` the geometry encoder's output for an empty box prompt
+            (Meta's prompt form), or None (``"transformers"`` form).
 
     """
 
     levels: list[Tensor]
     pos: list[Tensor]
+    prompt_token: Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -58,9 +75,11 @@ class VisionFeatures:
 
     def view(self, index: int) -> VisionFeatures:
         """Features of one view, keeping a batch axis of size 1."""
+        token = self.prompt_token
         return VisionFeatures(
             levels=[t[index : index + 1] for t in self.levels],
             pos=[t[index : index + 1] for t in self.pos],
+            prompt_token=None if token is None else token[index : index + 1],
         )
 
 
@@ -69,7 +88,8 @@ class TextFeatures:
     """Projected text features of a batch of prompts.
 
     Attributes:
-        features: ``[P, T, C]`` text tokens projected to the detector width.
+        features: ``[P, T, C]`` text tokens projected to the detector width (after
+            :meth:`Sam3Stages.prompt`, ``T + 1`` tokens with the geometry token last).
         mask: ``[P, T]`` bool, True on real tokens, False on padding.
 
     """
@@ -94,7 +114,8 @@ class FusedTokens:
     Attributes:
         tokens: ``[B, N, C]`` image tokens after fusion with the prompt (``N = h * w``).
         pos: ``[B, N, C]`` flattened position encodings of the tokens.
-        text: ``[B, T, C]`` text features as the encoder passes them on.
+        text: ``[B, T, C]`` the prompt as the encoder passes it on (text tokens, plus the
+            geometry token in Meta's form).
         text_mask: ``[B, T]`` bool padding mask of ``text``.
         spatial_shapes: ``[1, 2]`` long, the grid ``(h, w)`` as the decoder expects it.
 
@@ -159,14 +180,26 @@ class Sam3Stages:
         checkpoint_fusion: under autograd, recompute fusion-encoder layers 1.. in the
             backward pass instead of storing their activations (gradient checkpointing,
             for training; applies to :meth:`fuse` with ``shared``).
+        prompt_form: ``"meta"`` (default: text + the geometry encoder's token for an
+            empty box prompt, as Meta's ``sam3``) or ``"transformers"`` (text only).
+
+    Raises:
+        ValueError: unknown ``prompt_form``.
 
     """
 
     def __init__(
-        self, model: Sam3Model, compile_backbone: bool = False, checkpoint_fusion: bool = False
+        self,
+        model: Sam3Model,
+        compile_backbone: bool = False,
+        checkpoint_fusion: bool = False,
+        prompt_form: str = "meta",
     ) -> None:
+        if prompt_form not in PROMPT_FORMS:
+            raise ValueError(f"prompt_form must be one of {', '.join(PROMPT_FORMS)}, got '{prompt_form}'.")
         self.model = model
         self.checkpoint_fusion = checkpoint_fusion
+        self.prompt_form = prompt_form
         backbone = model.vision_encoder.backbone
         # torch.compile wraps without changing the module (the loaded model stays plain)
         self._backbone = torch.compile(backbone) if compile_backbone else backbone
@@ -194,7 +227,7 @@ class Sam3Stages:
             pixel_values: ``[V, 3, S, S]`` normalised images, ``S = image_size``.
 
         Returns:
-            Features of the ``V`` views.
+            Features of the ``V`` views, with the geometry prompt token in Meta's form.
 
         """
         vision = self.model.vision_encoder
@@ -208,7 +241,66 @@ class Sam3Stages:
             level = layer(spatial)
             levels.append(level)
             pos.append(neck.position_encoding(level.shape, level.device, level.dtype))
-        return VisionFeatures(levels=levels, pos=pos)
+        return self.with_coarsest(VisionFeatures(levels=levels, pos=pos), levels[-1])
+
+    def with_coarsest(self, vision: VisionFeatures, level: Tensor) -> VisionFeatures:
+        """``vision`` with its coarsest level replaced by ``level`` ``[V, C, h, w]``.
+
+        The geometry prompt token reads that level, so it is computed from ``level``
+        (Meta's form): every reader of the 72 x 72 level sees the same tokens, e.g. a
+        refinement applied to the backbone level.
+        """
+        token = self.prompt_token(level, vision.pos[-1]) if self.prompt_form == "meta" else None
+        return VisionFeatures(levels=[*vision.levels[:-1], level], pos=vision.pos, prompt_token=token)
+
+    def prompt_token(self, level: Tensor, pos: Tensor) -> Tensor:
+        """The geometry encoder's output for an empty box prompt (Meta's extra prompt token).
+
+        With no box, ``Sam3GeometryEncoder`` encodes only its CLS token:
+        ``x = prompt_layer_norm(final_proj(cls_embed))``, then each layer
+        ``x += self_attn(norm1(x))`` (one token: its own value), ``x += cross_attn(q =
+        norm2(x), k = level + pos, v = level)``, ``x += mlp(norm3(x))``, and finally
+        ``output_layer_norm(x)``. The box branch (``roi_align``) has nothing to pool.
+
+        Args:
+            level: ``[V, C, h, w]`` the coarsest FPN level.
+            pos: ``[V or 1, C, h, w]`` its position encoding.
+
+        Returns:
+            ``[V, 1, C]``, one token per view.
+
+        """
+        geo = self.model.geometry_encoder
+        views = level.shape[0]
+        hidden = geo.cls_embed.weight[None].expand(views, -1, -1)  # [V, 1, C]
+        hidden = geo.prompt_layer_norm(geo.final_proj(hidden))
+        feats = level.flatten(2).transpose(1, 2)
+        pos_flat = pos.flatten(2).transpose(1, 2).expand(views, -1, -1)
+        for layer in geo.layers:
+            hidden = layer(
+                prompt_feats=hidden, vision_feats=feats, vision_pos_encoding=pos_flat, prompt_mask=None
+            )
+        return geo.output_layer_norm(hidden)
+
+    def prompt(self, vision: VisionFeatures, text: TextFeatures) -> TextFeatures:
+        """The prompt the detector reads: ``text`` plus the view's geometry token, if any.
+
+        Args:
+            vision: features of one view (broadcast) or of ``B`` views.
+            text: ``B`` prompts, ``[B, T, C]``.
+
+        Returns:
+            ``[B, T + 1, C]`` with the token last and always valid (Meta's form), or
+            ``text`` itself (``"transformers"`` form).
+
+        """
+        token = vision.prompt_token
+        if token is None:
+            return text
+        batch = text.features.shape[0]
+        token = token.expand(batch, -1, -1) if token.shape[0] != batch else token
+        valid = torch.ones(batch, 1, dtype=torch.bool, device=text.mask.device)
+        return TextFeatures(torch.cat([text.features, token], 1), torch.cat([text.mask, valid], 1))
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """CLIP text encoder plus the projection to the detector width.
@@ -247,7 +339,8 @@ class Sam3Stages:
 
         Args:
             vision: features of ONE view (batch 1) or of ``B`` views (batch ``B``).
-            text: ``B`` prompts; a single view is broadcast to all of them.
+            text: ``B`` prompts (text features from :meth:`encode_text`); a single view
+                is broadcast to all of them. The view's prompt token is appended here.
             shared: :meth:`first_self_attention` of ``vision``; when given, layer 0
                 continues from it (cross-attention and MLP) instead of recomputing it
                 for every prompt. Equal results; the plain call is the encoder's forward.
@@ -256,6 +349,7 @@ class Sam3Stages:
             Fused tokens of the ``B`` (view, prompt) pairs.
 
         """
+        text = self.prompt(vision, text)
         batch = text.features.shape[0]
         level, pos = vision.levels[-1], vision.pos[-1]
         if level.shape[0] != batch:

@@ -166,8 +166,7 @@ class _Tracer:
         self._record((path, self.count[path] - 1), "out", _flatten([("out", output)]), module)
 
 
-def _prepare(model: Sam3Model, size: int, prompt: str, seed: int) -> tuple[VisionFeatures, FusedTokens]:
-    stages = Sam3Stages(model)
+def _prepare(stages: Sam3Stages, size: int, prompt: str, seed: int) -> tuple[VisionFeatures, FusedTokens]:
     gen = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8)
     text = tokenize(builtin_tokenizer(), [prompt])
@@ -312,12 +311,59 @@ def _verdicts(consumers: list[dict], checks: dict, residual: dict, n_layers: int
     }
 
 
+def _perturbations(base: Tensor, grid: tuple[int, int], seed: int) -> tuple[dict[str, Tensor], list]:
+    """The traced runs of ``base`` ``[B, N, C]``, and the probed grid cells.
+
+    Reference (an autograd leaf), an unperturbed repeat, all tokens plus a random delta,
+    and one token at a time at :data:`PROBE_CELLS`.
+    """
+    delta = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed + 1)).to(base)
+    delta = delta * 0.05 * float(base.float().std())
+    probes = [[int(fh * grid[0]), int(fw * grid[1])] for fh, fw in PROBE_CELLS]
+    traced = base.clone().requires_grad_(True)  # an autograd leaf: the graph tells what comes from it
+    runs = {"reference": traced, "repeat": base, "all": base + delta}
+    for k, (r, c) in enumerate(probes):
+        runs[f"probe{k}"] = base.clone()
+        runs[f"probe{k}"][:, r * grid[1] + c] += delta[:, r * grid[1] + c]
+    return runs, probes
+
+
+def _geometry_readers(stages: Sam3Stages, vision: VisionFeatures, seed: int) -> dict:
+    """Trace the backbone's coarsest level through the geometry encoder (Meta's prompt token).
+
+    The same method as for the fused tokens, applied to the level the fusion encoder and
+    the geometry encoder both read, with hooks on ``geometry_encoder``.
+    """
+    level = vision.levels[-1]
+    grid = (int(level.shape[-2]), int(level.shape[-1]))
+    runs, probes = _perturbations(level.flatten(2).transpose(1, 2).detach(), grid, seed)
+    roots = {"geometry_encoder": stages.model.geometry_encoder}
+    with _Tracer(roots, grid) as tracer, torch.enable_grad():
+        for run, value in runs.items():
+            tokens = value if run == "reference" else value.clone().requires_grad_(True)
+            tracer.start(run, tokens)
+            stages.prompt_token(tokens.transpose(1, 2).reshape(level.shape), vision.pos[-1])
+    consumers = _consumers(list(tracer.calls.values()), grid, probes)
+    readers = {
+        c["path"]: sorted(k for k, v in c["inputs"].items() if v["token_axis"] == "kept")
+        for c in consumers
+        if c["first"]
+    }
+    return {
+        "reads": "the backbone's coarsest FPN level (the fusion encoder's image input)",
+        "readers": readers,
+        "output": "one token appended to every prompt (fusion encoder, decoder, scoring, mask decoder)",
+        "consumers": consumers,
+    }
+
+
 def run_audit(
     model: Sam3Model,
     image_size: int | None = None,
     prompt: str = "building",
     seed: int = 0,
     decoder_tokens: Tensor | None = None,
+    prompt_form: str = "meta",
 ) -> dict:
     """Trace the fused patch tokens through every module of SAM 3 that consumes them.
 
@@ -328,23 +374,22 @@ def run_audit(
         seed: seed of the image and of the perturbations.
         decoder_tokens: ``[B, N, C]`` tokens handed to the DETR decoder instead of the traced
             ones - a control: with unrelated tokens no decoder key/value role may be found.
+        prompt_form: SAM 3's prompt form (see :class:`~ovearth.model.stages.Sam3Stages`), as
+            segmentation uses it; in ``"meta"`` form the geometry encoder, one more reader of
+            the image features, is traced too.
 
     Returns:
         JSON-ready dict: ``model``, ``input``, ``noise_floor``, ``read_only``, ``decoder``,
-        ``mask_decoder``, ``claim`` (verdicts, evidence), ``first_consumers``, ``consumers``.
+        ``mask_decoder``, ``claim`` (verdicts, evidence), ``first_consumers``, ``consumers``,
+        ``geometry_encoder`` (None in ``"transformers"`` form).
 
     """
-    size = image_size or Sam3Stages(model).image_size
-    vision, fused = _prepare(model, size, prompt, seed)
+    stages = Sam3Stages(model, prompt_form=prompt_form)
+    size = image_size or stages.image_size
+    vision, fused = _prepare(stages, size, prompt, seed)
     grid, base = fused.grid, fused.tokens.detach()
-    delta = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed + 1)).to(base)
-    delta = delta * 0.05 * float(base.float().std())
-    probes = [[int(fh * grid[0]), int(fw * grid[1])] for fh, fw in PROBE_CELLS]
-    traced = base.clone().requires_grad_(True)  # an autograd leaf: the graph tells what comes from it
-    runs = {"reference": traced, "repeat": base, "all": base + delta}
-    for k, (r, c) in enumerate(probes):
-        runs[f"probe{k}"] = base.clone()
-        runs[f"probe{k}"][:, r * grid[1] + c] += delta[:, r * grid[1] + c]
+    runs, probes = _perturbations(base, grid, seed)
+    traced = runs["reference"]
     roots = {"detr_decoder": model.detr_decoder, "dot_product_scoring": model.dot_product_scoring}
     checks: dict = {}
     with _Tracer(roots | {"mask_decoder": model.mask_decoder}, grid) as tracer, torch.enable_grad():
@@ -387,6 +432,8 @@ def run_audit(
             "batch": batch,
             "probe_cells": probes,
             "decoder_tokens_replaced": decoder_tokens is not None,
+            "prompt_form": prompt_form,
+            "prompt_tokens": int(fused.text.shape[1]),
         },
         "noise_floor": max(
             e["changes"]["repeat"][0] for c in calls for io in ("in", "out") for e in c[io].values()
@@ -395,6 +442,7 @@ def run_audit(
         **_verdicts(consumers, checks, residual, len(model.detr_decoder.layers)),
         "first_consumers": [c["path"] for c in consumers if c["first"]],
         "consumers": consumers,
+        "geometry_encoder": _geometry_readers(stages, vision, seed) if prompt_form == "meta" else None,
     }
 
 
@@ -438,12 +486,23 @@ def write_audit(result: dict, out_dir: str | Path) -> dict[str, Path]:
     evidence = "\n".join(f"- {e}" for e in claim["evidence"])
     via, listed = ", ".join(res["via"]) or "nothing", ", ".join(f"`{p}`" for p in pooled)
     method = (__doc__ or "").split("\n\n", 1)[-1].strip()
+    geo = result.get("geometry_encoder")
+    if geo is None:
+        geometry = "Prompt form `transformers`: the geometry encoder does not run for a text prompt."
+    else:
+        read = "; ".join(f"`{p}` ({', '.join(r)})" for p, r in geo["readers"].items()) or "none found"
+        geometry = (
+            f"Prompt form `meta` (Meta's sam3, SegEarth-OV3): the geometry encoder reads {geo['reads']}. "
+            f"First readers with the token axis kept: {read}. Its output is {geo['output']}, so a "
+            "refinement of the backbone level reaches it and a refinement after the fusion encoder does not."
+        )
     text = f"""# Patch-token audit
 
 Model: {m["grid"][0]} x {m["grid"][1]} = {m["tokens"]} tokens of {m["channels"]} channels, \
 {m["decoder_layers"]} decoder layers, {m["queries"]} queries, input {m["image_size"]}, {m["dtype"]}, \
 {m["parameters"]:,} parameters; prompt `{result["input"]["prompt"]}` on a synthetic image \
-(seed {result["input"]["seed"]}).
+(seed {result["input"]["seed"]}), prompt form `{result["input"]["prompt_form"]}` \
+({result["input"]["prompt_tokens"]} prompt tokens).
 
 **Claim.** {claim["text"]}
 
@@ -472,6 +531,10 @@ receive the tokens, or a direct function of them, with the token axis kept.
 
 Token information reaches these only without a token axis (through the queries, after attention \
 pooling) or as a bias that is not token-aligned: {listed}.
+
+## The geometry encoder: one more reader of the image tokens
+
+{geometry}
 
 ## Method
 

@@ -67,7 +67,9 @@ def token_tensors(segmentor: Segmentor, image: np.ndarray) -> dict[str, Tensor]:
     pipeline = segmentor.pipeline
     if s.refine_at == "backbone":
         before = vision.levels[-1]
-        after = refine_backbone(vision, pipeline, RefineContext(view=view)).levels[-1] if pipeline else before
+        after = before
+        if pipeline:
+            after = refine_backbone(stages, vision, pipeline, RefineContext(view=view)).levels[-1]
         k = len(prompts)
         return {"before": before.expand(k, -1, -1, -1), "after": after.expand(k, -1, -1, -1)}
     fused = stages.fuse(vision, text)

@@ -5,13 +5,24 @@ For every view and every prompt name, the text is tokenized and encoded again an
 SegEarth-OV3 code does with Meta's processor; kept instances are fused one by one in a
 Python loop. This is the oracle that the ``fast`` mode is tested against: slow, plain,
 and independent of :mod:`ovearth.model.stages`.
+
+Meta's prompt form (``settings.prompt_form == "meta"``): once per view,
+``Sam3GeometryEncoder.forward`` runs on an empty box prompt (its own forward; only the
+``roi_align`` pooling of boxes, which has no box to pool, is bypassed so that torchvision
+is not needed), and its output is appended to each name's text features, which
+``Sam3Model.forward`` then takes as ``text_embeds``: exactly how it combines text and
+geometry prompts when boxes are given.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..model.load import LoadedModel
 from ..model.tokenizer import tokenize
@@ -56,6 +67,7 @@ def reference_view_logits(
         grid = (int(level.shape[-2]), int(level.shape[-1]))
         levels[2] = as_grid(pipeline(as_tokens(level), grid, RefineContext(view=crop, cache=cache)), grid)
         vision.fpn_hidden_states = tuple(levels)
+    geometry = geometry_prompt(model, vision) if settings.prompt_form == "meta" else None
     logits, presences = [], []
     for name in names:
         handles = []
@@ -67,7 +79,7 @@ def reference_view_logits(
                     model,
                     pipeline,
                     context,
-                    lambda name=name: _forward(loaded, vision, name, pixel_values.device),
+                    lambda name=name: name_forward(loaded, vision, name, geometry),
                 )
             targets = {"decoder": [model.detr_decoder], "mask": [model.mask_decoder]}
             targets["both"] = targets["decoder"] + targets["mask"]
@@ -79,7 +91,7 @@ def reference_view_logits(
                     )
                 )
         try:
-            logit, presence = _one_name(loaded, vision, name, size, settings, pixel_values.device)
+            logit, presence = _one_name(loaded, vision, name, geometry, size, settings)
         finally:
             for handle in handles:
                 handle.remove()
@@ -99,13 +111,67 @@ def _refining_hook(argument: str, pipeline: RefinePipeline, grid: tuple, context
     return hook
 
 
-def _forward(loaded: LoadedModel, vision, name: str, device: torch.device):
-    """``Sam3Model.forward`` for one prompt name on cached vision features."""
+def geometry_prompt(model, vision) -> tuple[Tensor, Tensor]:
+    """``Sam3GeometryEncoder.forward`` on an empty box prompt (Meta's extra prompt token).
+
+    Args:
+        model: the ``Sam3Model``.
+        vision: its ``Sam3VisionEncoderOutput`` for ``V`` views.
+
+    Returns:
+        ``([V, 1, C] features, [V, 1] bool mask)``: the encoded CLS token.
+
+    """
+    levels = vision.fpn_hidden_states[:-1]  # what Sam3Model.forward hands the geometry encoder
+    level = levels[-1]
+    views, device = level.shape[0], level.device
+    with _no_box_pooling(model.geometry_encoder):
+        out = model.geometry_encoder(
+            box_embeddings=level.new_zeros(views, 0, 4),
+            box_mask=torch.zeros(views, 0, dtype=torch.bool, device=device),
+            box_labels=torch.zeros(views, 0, dtype=torch.long, device=device),
+            img_feats=levels,
+            img_pos_embeds=vision.fpn_position_encoding[:-1],
+        )
+    return out.last_hidden_state, out.attention_mask
+
+
+@contextlib.contextmanager
+def _no_box_pooling(encoder: torch.nn.Module) -> Iterator[None]:
+    """Encode zero boxes without ``torchvision.ops.roi_align`` (nothing to pool).
+
+    ``_encode_boxes`` of an empty box set returns an empty ``[V, 0, C]`` embedding and
+    its mask; this instance-level override returns exactly that.
+    """
+
+    def empty(boxes: Tensor, boxes_mask: Tensor, boxes_labels: Tensor, features: Tensor):
+        if boxes.shape[1] != 0:
+            raise ValueError("only the empty box prompt is supported")
+        return boxes.new_zeros(boxes.shape[0], 0, encoder.hidden_size), boxes_mask
+
+    encoder._encode_boxes = empty
+    try:
+        yield
+    finally:
+        del encoder._encode_boxes
+
+
+def name_forward(loaded: LoadedModel, vision, name: str, geometry: tuple[Tensor, Tensor] | None):
+    """``Sam3Model.forward`` for one prompt name on cached vision features.
+
+    With ``geometry`` (Meta's form) the prompt is the name's text features followed by the
+    geometry token, passed as ``text_embeds``; without it, the plain text-only forward.
+    """
+    device = vision.fpn_hidden_states[0].device
     tokens = tokenize(loaded.tokenizer, [name])
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    if geometry is None:
+        return loaded.model(vision_embeds=vision, input_ids=ids, attention_mask=mask)
+    text = loaded.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    features, valid = geometry
+    prompt = BaseModelOutputWithPooling(pooler_output=torch.cat([text, features], dim=1))
     return loaded.model(
-        vision_embeds=vision,
-        input_ids=tokens.input_ids.to(device),
-        attention_mask=tokens.attention_mask.to(device),
+        vision_embeds=vision, text_embeds=prompt, attention_mask=torch.cat([mask.bool(), valid], dim=1)
     )
 
 
@@ -113,12 +179,13 @@ def _one_name(
     loaded: LoadedModel,
     vision,
     name: str,
+    geometry: tuple[Tensor, Tensor] | None,
     size: tuple[int, int],
     settings: SegmentSettings,
-    device: torch.device,
 ) -> tuple[Tensor, Tensor]:
     """SegEarth-OV3's rules for one name on ``Sam3Model.forward``'s outputs."""
-    out = _forward(loaded, vision, name, device)
+    device = vision.fpn_hidden_states[0].device
+    out = name_forward(loaded, vision, name, geometry)
     presence = out.presence_logits[0, 0].sigmoid()
     scores = out.pred_logits[0].sigmoid() * presence
     logit = torch.zeros(size, dtype=torch.float32, device=device)

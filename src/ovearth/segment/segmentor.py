@@ -110,7 +110,9 @@ class Segmentor:
                 f"Refiners reading a first decoder pass ({', '.join(sorted(self.pipeline.first_pass))}) work "
                 "per prompt: use refine_at=fusion."
             )
-        self.stages = Sam3Stages(self.loaded.model, compile_backbone=self.settings.compile)
+        self.stages = Sam3Stages(
+            self.loaded.model, compile_backbone=self.settings.compile, prompt_form=self.settings.prompt_form
+        )
         #: instance masks of all prompts of a batch at once, padded to the largest kept count
         #: (no per-prompt host syncs; accelerators). On CPU the per-prompt loop computes
         #: no padding, which measured faster.
@@ -133,15 +135,26 @@ class Segmentor:
 
     @property
     def text_features(self) -> TextFeatures:
-        """Projected text features of every prompt name, encoded once and cached."""
+        """Projected text features of every prompt name, encoded once (under :meth:`autocast`) and cached."""
         if self._text is None:
             tokens = tokenize(self.loaded.tokenizer, self.vocabulary.names)
             device = self.stages.device
-            with torch.inference_mode():
+            with torch.inference_mode(), self.autocast():
                 self._text = self.stages.encode_text(
                     tokens.input_ids.to(device), tokens.attention_mask.to(device)
                 )
         return self._text
+
+    def autocast(self) -> torch.autocast:
+        """The precision region: bfloat16 autocast over the whole model when ``precision`` says so.
+
+        With ``"bfloat16"`` it covers what SegEarth-OV3's ``torch.autocast("cuda", bfloat16)``
+        covers: backbone, text encoder, geometry encoder, fusion encoder, decoder, mask
+        decoder, and the resize, sigmoid and score product of masks and semantic maps,
+        which stay in the model's output dtype; the per-name maps accumulate in float32.
+        """
+        bf16 = self.settings.precision == "bfloat16"
+        return torch.autocast(self.stages.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def predict(self, image: np.ndarray | Tensor, valid: np.ndarray | None = None) -> Prediction:
         """Segment one image.
@@ -267,8 +280,7 @@ class Segmentor:
         device = self.stages.device
         crops = [crop.to(device) for crop in crops]
         pixels = torch.stack([preprocess(crop, size, dtype) for crop in crops])
-        bf16 = self.settings.precision == "bfloat16"
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with self.autocast():
             if self.settings.mode == "reference":
                 names = self.vocabulary.names
                 return [
@@ -290,7 +302,7 @@ class Segmentor:
         names = self.vocabulary.names
         cache: dict = {}  # per-view scratch space shared by the refiners
         if self.pipeline and s.refine_at == "backbone":
-            vision = refine_backbone(vision, self.pipeline, RefineContext(view=crop, cache=cache))
+            vision = refine_backbone(stages, vision, self.pipeline, RefineContext(view=crop, cache=cache))
         text = self.text_features
         shared = stages.first_self_attention(vision)  # the prompt-free first block, once per view
         num_names = text.features.shape[0]
@@ -335,14 +347,14 @@ class Segmentor:
                 selected = decoded.queries[rows]
                 queries = selected.gather(1, index[..., None].expand(-1, -1, selected.shape[-1]))
                 masks = stages.instance_logits(pixel_embed, queries)
-                term[rows] = instance_max_batched(masks.float(), weight.float(), size)
+                term[rows] = instance_max_batched(masks, weight, size)
             elif any(kept_any):
                 for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
                     if kept_any[b]:
                         masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
-                        term[b] = instance_max(masks.float(), scores[b][keep[b]].float(), size)
+                        term[b] = instance_max(masks, scores[b][keep[b]], size)
             if s.use_semantic:
-                semantic = semantic_probs(stages.semantic_logits(pixel_embed).float(), size)
+                semantic = semantic_probs(stages.semantic_logits(pixel_embed), size)
                 term[rows] = torch.maximum(term[rows], semantic)
             if s.use_presence:
                 term = term * presence[:, None, None].float()
@@ -351,12 +363,16 @@ class Segmentor:
 
 
 def refine_backbone(
-    vision: VisionFeatures, pipeline: RefinePipeline, context: RefineContext
+    stages: Sam3Stages, vision: VisionFeatures, pipeline: RefinePipeline, context: RefineContext
 ) -> VisionFeatures:
-    """Refine the coarsest backbone level ``[V, C, h, w]`` (the tokens the fusion encoder reads)."""
+    """Refine the coarsest backbone level ``[V, C, h, w]``.
+
+    Its readers (the fusion encoder and, in Meta's prompt form, the geometry encoder)
+    all see the refined tokens.
+    """
     level = vision.levels[-1]
     refined = as_grid(pipeline(as_tokens(level), tuple(level.shape[-2:]), context), tuple(level.shape[-2:]))
-    return VisionFeatures(levels=[*vision.levels[:-1], refined], pos=vision.pos)
+    return stages.with_coarsest(vision, refined)
 
 
 def _spec(pipeline: RefinePipeline) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from ..model.stages import PROMPT_FORMS
 from .windows import check_slide
 from .zoom import Zoom
 
@@ -43,10 +44,16 @@ class SegmentSettings:
         view_batch: views run through the backbone at once (bounds memory; does not
             change results). None: 1 on CPU, :data:`ACCELERATOR_VIEW_BATCH` on accelerators.
         precision: ``"float32"``, or ``"bfloat16"``: the model runs under
-            ``torch.autocast`` in bfloat16 (GPU speed; results differ from float32 by
-            rounding, so labels can change near ties). The fusion rules stay float32.
+            ``torch.autocast`` in bfloat16 over the regions SegEarth-OV3's segmentor puts
+            under it (every SAM 3 module, and the resize / sigmoid / score product of the
+            masks; per-name maps accumulate in float32). On CUDA this reproduces the
+            published pipeline's numerics; results differ from float32 by rounding.
         compile: run the backbone through ``torch.compile`` (the first view pays the
             compilation; results equal up to float rounding).
+        prompt_form: ``"meta"`` (default): each name's text tokens plus the geometry
+            encoder's token for an empty box prompt, as Meta's ``sam3`` and SegEarth-OV3
+            run SAM 3; ``"transformers"``: text tokens only, as ``transformers``'
+            ``Sam3Model.forward`` without boxes (for comparison).
 
     """
 
@@ -68,6 +75,7 @@ class SegmentSettings:
     skip_absent: bool = False
     precision: str = "float32"
     compile: bool = False
+    prompt_form: str = "meta"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
@@ -77,6 +85,10 @@ class SegmentSettings:
         if any(b is not None and b < 1 for b in (self.prompt_batch, self.view_batch)):
             raise InputError(
                 f"prompt_batch and view_batch must be >= 1, got {self.prompt_batch} and {self.view_batch}."
+            )
+        if self.prompt_form not in PROMPT_FORMS:
+            raise InputError(
+                f"prompt_form must be one of {', '.join(PROMPT_FORMS)}, got '{self.prompt_form}'."
             )
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'.")

@@ -151,7 +151,7 @@ def train(
         )
     views = training_views(samples, segment)
     model = loaded.model
-    stages = Sam3Stages(model, checkpoint_fusion=settings.checkpointing)
+    stages = Sam3Stages(model, checkpoint_fusion=settings.checkpointing, prompt_form=segment.prompt_form)
     tokens = tokenize(loaded.tokenizer, protocol.vocabulary.names)
     with torch.no_grad():
         text = stages.encode_text(tokens.input_ids.to(stages.device), tokens.attention_mask.to(stages.device))
