@@ -115,6 +115,8 @@ def test_write_audit(tmp_path, result):
         "`detr_decoder.layers.1.vision_cross_attn` | 0 | `key` | attention key",
         "`mask_decoder.prompt_cross_attn` | 0 | `query` | attention query",
         "`mask_decoder.pixel_decoder.conv_layers.0` | 0 | `input` | convolution input",
+        "prompt form `meta` (33 prompt tokens)",
+        "`geometry_encoder.layers.0.cross_attn` (key, value)",
     ):
         assert text in md
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
@@ -141,3 +143,21 @@ def test_audit_command(monkeypatch, capsys, tiny_dir, tmp_path):
     assert code == 0, err
     result = json.loads((tmp_path / "audit.json").read_text())
     assert "holds" in json.dumps(result) and "does not hold" in (tmp_path / "audit.md").read_text()
+
+
+def test_geometry_encoder_is_reported_as_a_reader_of_the_backbone_level(model, result):
+    """Meta's prompt form: the geometry encoder's cross-attention reads the level as key and value."""
+    assert result["input"]["prompt_form"] == "meta" and result["input"]["prompt_tokens"] == 33  # 32 text + 1
+    readers = result["geometry_encoder"]["readers"]
+    layers = len(model.geometry_encoder.layers)
+    for i in range(layers):
+        assert readers[f"geometry_encoder.layers.{i}.cross_attn"] == ["key", "value"]
+    assert not any("self_attn" in path for path in readers)  # the prompt token attends to itself only
+
+
+def test_transformers_prompt_form_has_no_geometry_reader(model, tmp_path):
+    plain = run_audit(model, prompt_form="transformers")
+    assert plain["geometry_encoder"] is None and plain["input"]["prompt_tokens"] == 32
+    assert plain["claim"]["decoder_part"] == "holds"
+    write_audit(plain, tmp_path)
+    assert "does not run for a text prompt" in (tmp_path / "audit.md").read_text()

@@ -89,6 +89,15 @@ def test_preset_gives_protocol_settings_and_options_override(monkeypatch, capsys
     assert (
         settings["confidence_threshold"] == 0.2 and settings["bg_idx"] == 5 and settings["prob_thd"] == 0.25
     )
+    assert settings["prompt_form"] == "meta"  # Meta's form unless asked otherwise
+    args = ("segment", tmp_path / "x.png", "--model", tiny_dir, "--preset", "potsdam", "--prompt-form")
+    code, err = run_cli(monkeypatch, capsys, *args, "transformers", "-o", tmp_path / "plain")
+    assert code == 0, err
+    assert (
+        json.loads((tmp_path / "plain" / "run.json").read_text())["settings"]["prompt_form"] == "transformers"
+    )
+    code, err = run_cli(monkeypatch, capsys, *args, "sam2", "-o", tmp_path / "bad")
+    assert code == 1 and "prompt_form must be one of meta, transformers, got 'sam2'" in err
 
 
 def test_all_nodata_raster_warns_and_writes_nodata_labels(monkeypatch, capsys, tmp_path, tiny_dir, samples):

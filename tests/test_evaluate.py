@@ -68,7 +68,11 @@ def test_cache_is_reused_and_a_changed_setting_is_not(tiny, data_root, tmp_path)
     assert changed["computed_images"] == 6 and changed["run_key"] != first["run_key"]
     refined = evaluate(segmentor_for(tiny, refine="smooth:a=0.2"), dataset, tmp_path)
     assert refined["computed_images"] == 6
-    assert len(list((tmp_path / "cache").iterdir())) == 3
+    plain = evaluate(segmentor_for(tiny, prompt_form="transformers"), dataset, tmp_path)
+    assert plain["computed_images"] == 6 and plain["mIoU"] != first["mIoU"]
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["settings"]["prompt_form"] == "transformers"
 
 
 def test_limit_and_saved_predictions(tiny, data_root, tmp_path):

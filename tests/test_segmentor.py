@@ -238,3 +238,29 @@ def test_no_skip_when_views_overlap(tiny):
     full = Segmentor(tiny, CLASSES, **settings).predict(image)
     skipped = Segmentor(tiny, CLASSES, skip_absent=True, **settings).predict(image)
     assert torch.equal(full.class_logits, skipped.class_logits)
+
+
+def test_transformers_prompt_form_fast_equals_reference_and_differs_from_meta(tiny):
+    """``prompt_form="transformers"`` keeps transformers' text-only forward in both modes."""
+    image = make_image(6, 200, 170)
+    settings = dict(confidence_threshold=score_quantile(tiny, image, 0.8), slide_crop=128, slide_stride=96)
+    fast = Segmentor(tiny, CLASSES, prompt_form="transformers", prompt_batch=2, **settings).predict(image)
+    ref = Segmentor(tiny, CLASSES, prompt_form="transformers", mode="reference", **settings).predict(image)
+    assert_same_prediction(fast, ref)
+    meta = Segmentor(tiny, CLASSES, **settings).predict(image)
+    assert (meta.class_logits - fast.class_logits).abs().max() > 1e-3
+
+
+def test_backbone_refinement_reaches_the_geometry_token(tiny):
+    """A refined backbone level is what the geometry encoder reads too (fast and reference agree)."""
+    image = make_image(7, 150, 150)
+    seg = Segmentor(tiny, CLASSES, refine="smooth:a=1.0", refine_at="backbone")
+    pixels = preprocess(torch.from_numpy(image).permute(2, 0, 1), seg.stages.image_size)[None]
+    with torch.inference_mode():
+        vision = seg.stages.encode_images(pixels)
+        level = vision.levels[-1]
+        refined = seg.stages.with_coarsest(vision, level * 0.5)
+    assert not torch.allclose(refined.prompt_token, vision.prompt_token)
+    torch.testing.assert_close(refined.prompt_token, seg.stages.prompt_token(level * 0.5, vision.pos[-1]))
+    ref = Segmentor(tiny, CLASSES, mode="reference", refine="smooth:a=1.0", refine_at="backbone")
+    assert_same_prediction(seg.predict(image), ref.predict(image))

@@ -254,3 +254,60 @@ def test_loss_weights_option():
         parse_weights("dice=1")
     with pytest.raises(InputError, match="'attn=x' needs a number"):
         parse_weights("attn=x")
+
+
+@pytest.mark.parametrize("prompt_form", ["meta", "transformers"])
+def test_training_forward_is_the_inference_forward(tiny_dir, monkeypatch, prompt_form):
+    """The step's decoder and semantic outputs equal the segmentor's for the same view and prompt form."""
+    from ovearth import Segmentor
+    from ovearth.segment.fusion import semantic_probs
+
+    loaded = load_model(tiny_dir)
+    stages = Sam3Stages(loaded.model, prompt_form=prompt_form)
+    step = TrainStep(stages, _text(loaded, stages), VOCAB.name_class, len(VOCAB), TrainSettings(), 0.1)
+    seen = {}
+    decode, semantic = Sam3Stages.decode, Sam3Stages.semantic_logits
+
+    def spy_decode(self, *args, **kwargs):
+        seen["decoded"] = decode(self, *args, **kwargs)
+        return seen["decoded"]
+
+    def spy_semantic(self, *args, **kwargs):
+        seen["semantic"] = semantic(self, *args, **kwargs)
+        return seen["semantic"]
+
+    monkeypatch.setattr(Sam3Stages, "decode", spy_decode)
+    monkeypatch.setattr(Sam3Stages, "semantic_logits", spy_semantic)
+    image = torch.from_numpy(make_image(3, 48, 56)).permute(2, 0, 1)
+    step(preprocess(image, 336)[None], torch.zeros(48, 56, dtype=torch.long))
+    trained = {k: seen[k] for k in ("decoded", "semantic")}
+    seg = Segmentor(loaded, VOCAB, prompt_form=prompt_form, use_instances=False, use_presence=False)
+    ((logits, presence),) = seg.crop_logits([image])  # logits = sigmoid(resize(semantic logits))
+    close = dict(rtol=0, atol=1e-6)
+    torch.testing.assert_close(trained["decoded"].presence_logits.detach().sigmoid(), presence, **close)
+    torch.testing.assert_close(semantic_probs(trained["semantic"].detach(), (48, 56)), logits, **close)
+    assert stages.prompt_form == prompt_form
+
+
+def test_the_loop_trains_in_the_segment_settings_prompt_form(tiny_dir, tmp_path, monkeypatch):
+    from ovearth.data.datasets import SegmentationDataset
+    from ovearth.data.protocols import load_protocol
+    from ovearth.train.loop import train
+    from tests.data.make_synthetic import make_dataset
+
+    forms = []
+    init = Sam3Stages.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        forms.append(self.prompt_form)
+
+    monkeypatch.setattr(Sam3Stages, "__init__", spy)
+    protocol = load_protocol("loveda")
+    root = make_dataset("loveda", tmp_path / "data", num_images=1, size=(40, 40))
+    data = SegmentationDataset(protocol, root)
+    segment = protocol.settings.replace(prompt_form="transformers")
+    summary = train(
+        load_model(tiny_dir), data, tmp_path / "run", TrainSettings(steps=1, batch=1), segment=segment
+    )
+    assert forms == ["transformers"] and summary["steps_done"] == 1
