@@ -74,6 +74,96 @@ def model_only(seg: Segmentor, image: np.ndarray, bf16: bool = False) -> float:
     return time.perf_counter() - start
 
 
+def run_setting(
+    loaded: LoadedModel,
+    setting: str,
+    modes: list[str],
+    repeat: int = 1,
+    keep: float = 0.05,
+    zoom: str = "",
+    overrides: dict | None = None,
+) -> dict:
+    """Time ``modes`` on one setting with ``loaded``; the result dict written by :func:`main`.
+
+    ``overrides``: extra settings for every mode (e.g. ``view_batch``, ``prompt_batch``).
+    """
+    device = next(loaded.model.parameters()).device
+    cuda = device.type == "cuda"
+    protocol = load_protocol(setting)
+    image = synthetic_scene(1024)
+    base = protocol.settings.replace(**(overrides or {}))
+    probe = Segmentor(loaded, protocol.vocabulary, settings=base)
+    conf = threshold_keeping(probe, image[:512, :512] if setting == "openearthmap" else image, keep)
+    settings = base.replace(confidence_threshold=conf)
+    result = {
+        "setting": setting,
+        "names": len(protocol.vocabulary.names),
+        "confidence_threshold": round(conf, 5),
+        "keep": keep,
+        "device": str(device),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "overrides": overrides or {},
+        "seconds_per_image": {},
+    }
+    model_only(probe, image[:512, :512])  # warm-up: one view
+    result["model_only_s"] = min(model_only(probe, image) for _ in range(repeat))
+    if any("bf16" in m for m in modes):
+        result["model_only_bf16_s"] = min(model_only(probe, image, bf16=True) for _ in range(repeat))
+    peaks = {}
+    for mode in modes:
+        base_mode, *extras = mode.split("+")
+        unknown = set(extras) - {"skip", "bf16", "compile", "transformers"}
+        if unknown:
+            raise SystemExit(f"unknown mode option(s) {sorted(unknown)} in '{mode}'")
+        chosen = settings.replace(
+            mode=base_mode,
+            skip_absent="skip" in extras,
+            precision="bfloat16" if "bf16" in extras else "float32",
+            compile="compile" in extras,
+            prompt_form="transformers" if "transformers" in extras else "meta",
+        )
+        seg = Segmentor(loaded, protocol.vocabulary, settings=chosen)
+        if "compile" in extras or cuda:
+            seg.predict(image)  # compilation and CUDA start-up are paid once, not per image
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            seg.predict(image)  # returns CPU tensors: the device work is done when it returns
+            times.append(time.perf_counter() - start)
+        result["seconds_per_image"][mode] = min(times)
+        if cuda:
+            peaks[mode] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print(setting, mode, [round(t, 3) for t in times], flush=True)
+    if zoom:
+        seg = Segmentor(loaded, protocol.vocabulary, settings=settings.replace(zoom=zoom))
+        start = time.perf_counter()
+        seg.predict(image)
+        result["seconds_per_image"][f"fast+zoom {zoom}"] = time.perf_counter() - start
+    per = result["seconds_per_image"]
+    result["images_per_s"] = {mode: round(1 / t, 4) for mode, t in per.items()}
+    if "reference" in per:
+        others = {m: t for m, t in per.items() if m != "reference"}
+        result["reference_over"] = {m: round(per["reference"] / t, 3) for m, t in others.items()}
+    if "fast" in per and "reference" in per:
+        result["reference_over_fast"] = round(per["reference"] / per["fast"], 3)
+    if "fast+skip" in per and "reference" in per:
+        result["reference_over_fast_skip"] = round(per["reference"] / per["fast+skip"], 3)
+    if "fast" in per and "fast+transformers" in per:
+        result["meta_over_transformers_form"] = round(per["fast"] / per["fast+transformers"], 4)
+    if "fast" in per and zoom:
+        result["zoom_over_fast"] = round(per[f"fast+zoom {zoom}"] / per["fast"], 3)
+    result["fast_over_model_only"] = round(per.get("fast", float("nan")) / result["model_only_s"], 3)
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    if cuda:
+        result["peak_device_gb"] = peaks
+        result["device_name"] = torch.cuda.get_device_name(device)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=["loveda", "openearthmap"], default="loveda")
@@ -84,7 +174,8 @@ def main() -> None:
         "--modes",
         default="fast,reference",
         help="comma-separated: fast or reference, each with optional +skip (skip_absent), "
-        "+bf16 (bfloat16 autocast), +compile (torch.compile backbone), e.g. fast+skip+bf16",
+        "+bf16 (bfloat16 autocast), +compile (torch.compile backbone), +transformers (text-only "
+        "prompt form instead of Meta's), e.g. fast+skip+bf16",
     )
     parser.add_argument(
         "--zoom", default="", help="also time fast mode with this two-pass zoom, e.g. k=2,scale=2"
@@ -94,73 +185,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = Sam3Model(Sam3Config()).eval().to(args.device)
-    tokenizer = builtin_tokenizer()
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, source="random Sam3Config()", fingerprint="-")
-    protocol = load_protocol(args.setting)
-    image = synthetic_scene(1024)
-    probe = Segmentor(loaded, protocol.vocabulary, settings=protocol.settings)
-    conf = threshold_keeping(probe, image[:512, :512] if args.setting == "openearthmap" else image, args.keep)
-    settings = protocol.settings.replace(confidence_threshold=conf)
-    result = {
-        "setting": args.setting,
-        "names": len(protocol.vocabulary.names),
-        "confidence_threshold": round(conf, 5),
-        "keep": args.keep,
-        "device": args.device,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "seconds_per_image": {},
-    }
-    model_only(probe, image[:512, :512])  # warm-up: one view
-    result["model_only_s"] = min(model_only(probe, image) for _ in range(args.repeat))
-    modes = args.modes.split(",")
-    if any("bf16" in m for m in modes):
-        result["model_only_bf16_s"] = min(model_only(probe, image, bf16=True) for _ in range(args.repeat))
-    for mode in modes:
-        base, *extras = mode.split("+")
-        unknown = set(extras) - {"skip", "bf16", "compile"}
-        if unknown:
-            raise SystemExit(f"unknown mode option(s) {sorted(unknown)} in '{mode}'")
-        chosen = settings.replace(
-            mode=base,
-            skip_absent="skip" in extras,
-            precision="bfloat16" if "bf16" in extras else "float32",
-            compile="compile" in extras,
-        )
-        seg = Segmentor(loaded, protocol.vocabulary, settings=chosen)
-        if "compile" in extras:
-            seg.predict(image)  # compilation is paid once, not per image
-        times = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            seg.predict(image)
-            times.append(time.perf_counter() - start)
-        result["seconds_per_image"][mode] = min(times)
-        print(mode, [round(t, 2) for t in times], flush=True)
-    if args.zoom:
-        seg = Segmentor(loaded, protocol.vocabulary, settings=settings.replace(zoom=args.zoom))
-        start = time.perf_counter()
-        seg.predict(image)
-        result["seconds_per_image"][f"fast+zoom {args.zoom}"] = time.perf_counter() - start
-        print("fast+zoom", round(result["seconds_per_image"][f"fast+zoom {args.zoom}"], 2), flush=True)
+    loaded = LoadedModel(
+        model=model, tokenizer=builtin_tokenizer(), source="random Sam3Config()", fingerprint="-"
+    )
+    result = run_setting(loaded, args.setting, args.modes.split(","), args.repeat, args.keep, args.zoom)
     per = result["seconds_per_image"]
-    result["images_per_s"] = {mode: round(1 / t, 4) for mode, t in per.items()}
-    if "reference" in per:
-        others = {m: t for m, t in per.items() if m != "reference"}
-        result["reference_over"] = {m: round(per["reference"] / t, 3) for m, t in others.items()}
-    if "fast" in per and "reference" in per:
-        result["reference_over_fast"] = round(per["reference"] / per["fast"], 3)
-    if "fast+skip" in per and "reference" in per:
-        result["reference_over_fast_skip"] = round(per["reference"] / per["fast+skip"], 3)
-    if "fast" in per and args.zoom:
-        result["zoom_over_fast"] = round(per[f"fast+zoom {args.zoom}"] / per["fast"], 3)
-    result["fast_over_model_only"] = round(per.get("fast", float("nan")) / result["model_only_s"], 3)
-    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    if args.device.startswith("cuda"):
-        result["peak_device_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        result["device_name"] = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_zoom" if args.zoom else "_skip" if "fast+skip" in per else ""
+    suffix += "_forms" if any("transformers" in m for m in per) else ""
     suffix += "_bf16" if any("bf16" in m for m in per) else ""
     path = args.out / f"segment_speed_{args.setting}_{args.device.replace(':', '')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

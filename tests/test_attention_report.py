@@ -136,3 +136,16 @@ def test_attention_command(monkeypatch, capsys, tiny_dir, samples, tmp_path):
         tmp_path / "x",
     )
     assert code == 1 and "--top" in err
+
+
+@pytest.mark.parametrize("prompt_form", ["meta", "transformers"])
+def test_attention_maps_use_the_segmentors_prompt_form(tiny, prompt_form):
+    from ovearth.probe.attention_report import attention_tensors
+
+    image = make_image(8, 120, 120)
+    classes = "road;tree;water"  # one name per class: the maps' presence is each class's presence
+    seg = Segmentor(tiny, classes, prompt_form=prompt_form)
+    other = Segmentor(tiny, classes, prompt_form="transformers" if prompt_form == "meta" else "meta")
+    presence = attention_tensors(seg, image)["presence"]
+    torch.testing.assert_close(presence, seg.predict(image).presence, rtol=0, atol=1e-6)
+    assert (presence - other.predict(image).presence).abs().max() > 1e-4
