@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from ovearth import load_model
 from ovearth.model.testing import save_tiny_model
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def digest_store(tmp_path_factory) -> Path:
+    """Remembered weight digests go to a temporary folder, not the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("ovearth-cache")
+    os.environ["OVEARTH_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

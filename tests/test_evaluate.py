@@ -118,11 +118,11 @@ def test_killed_run_resumes_to_identical_metrics(tiny, tiny_dir, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(cli_eval(tiny_dir, root, out), stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300  # generous: a loaded machine starts python slowly
-    while time.time() < deadline and len(list(out.glob("cache/*/*.npy"))) < 3:
+    while time.time() < deadline and len(list(out.glob("cache/*/*.npz"))) < 3:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = len(list(out.glob("cache/*/*.npy")))
+    done_before = len(list(out.glob("cache/*/*.npz")))
     assert 3 <= done_before < 40, "the run must be killed mid-way"
     assert not (out / "metrics.json").exists()
     subprocess.run(cli_eval(tiny_dir, root, out), check=True, stderr=subprocess.DEVNULL, timeout=300, env=ENV)

@@ -28,7 +28,18 @@ def test_candidates_and_uncertainty_on_known_maps():
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("k=0", "k must be"), ("scale=0.5", "scale >= 1"), ("depth=2", "use k=N"), ("k=two", "not a number")],
+    [
+        ("k=0", "k must be"),
+        ("scale=0.5", "scale must be a finite number in 1..16"),
+        ("depth=2", "use k=N"),
+        ("k=two", "not a number"),
+        ("k=nan", "k must be a whole number of regions in 1..64"),
+        ("k=2.5", "k must be a whole number"),
+        ("k=1e9", "k must be a whole number of regions in 1..64"),
+        ("scale=inf", "scale must be a finite number"),
+        ("scale=nan", "scale must be a finite number"),
+        ("scale=1e9", "scale must be a finite number in 1..16"),
+    ],
 )
 def test_bad_zoom_specs(spec, message):
     with pytest.raises(InputError, match=message):

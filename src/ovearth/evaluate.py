@@ -2,7 +2,7 @@
 
 ``evaluate(segmentor, dataset, out_dir)`` segments every image of a dataset, turns each
 prediction into a confusion matrix (:mod:`ovearth.metrics`) and stores it under
-``out_dir/cache/<run key>/<image key>.npy``:
+``out_dir/cache/<run key>/<image key>.npz`` (the matrix and its SHA-256):
 
 * the *run key* hashes everything that changes predictions: the model fingerprint, the
   settings that change outputs (the refinement spec among them), the vocabulary, the label protocol
@@ -11,7 +11,9 @@ prediction into a confusion matrix (:mod:`ovearth.metrics`) and stores it under
   of the image and label files.
 
 A run killed at any point resumes where it stopped (entries are written atomically;
-stale temporary files are removed), and a changed setting never reuses old entries.
+stale temporary files are removed), and a changed setting never reuses old entries. An
+entry that does not check (unreadable, wrong shape or dtype, negative counts, checksum
+mismatch) is discarded with one warning naming the file, and recomputed.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) each process takes every ``world_size``-th image
 and the confusion matrices are summed with ``all_reduce`` (NCCL on GPU, gloo on CPU),
@@ -159,14 +161,11 @@ def evaluate(
         mine = samples[shard.rank :: shard.world_size]
         start, computed = time.perf_counter(), 0
         for index, sample in enumerate(mine, start=1):
-            entry = cache / f"{image_key(sample)}.npy"
-            if entry.exists():
-                matrix = np.load(entry)
-            else:
+            entry = cache / f"{image_key(sample)}.npz"
+            matrix = read_entry(entry, total.shape)
+            if matrix is None:
                 matrix = _evaluate_one(segmentor, dataset, sample, out, options)
-                with atomic_path(entry) as temp:
-                    with open(temp, "wb") as handle:
-                        np.save(handle, matrix)
+                write_entry(entry, matrix)
                 computed += 1
             total += matrix
             if progress is not None and shard.rank == 0:
@@ -201,6 +200,42 @@ def evaluate(
         return result
     finally:
         shard.close()
+
+
+def write_entry(path: Path, matrix: np.ndarray) -> None:
+    """Store a confusion matrix with its SHA-256 (atomically)."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.int64)
+    check = np.array(hashlib.sha256(matrix.tobytes()).hexdigest())
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.savez(handle, matrix=matrix, sha256=check)
+
+
+def read_entry(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The stored matrix if ``path`` exists and checks, else None (a bad entry is removed, with a warning).
+
+    Checks: a readable ``.npz`` without pickles holding ``matrix`` (int64, ``shape``, no
+    negative count) and ``sha256`` equal to the matrix's digest.
+    """
+    if not path.exists():
+        return None
+    problem = None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            matrix, check = data["matrix"], str(data["sha256"])
+        if matrix.dtype != np.int64 or matrix.shape != tuple(shape):
+            problem = f"holds {matrix.dtype} {matrix.shape}, expected int64 {tuple(shape)}"
+        elif hashlib.sha256(np.ascontiguousarray(matrix).tobytes()).hexdigest() != check:
+            problem = "its checksum does not match"
+        elif (matrix < 0).any():
+            problem = "it holds negative counts"
+    except Exception as error:  # any unreadable file is a bad entry, whatever numpy raises
+        problem = f"it cannot be read ({type(error).__name__})"
+    if problem is None:
+        return matrix
+    logger.warning("Discarding the corrupt cache entry %s: %s; recomputing it.", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _evaluate_one(

@@ -97,6 +97,7 @@ def eval_(
         )
     )
 
+    settings.check_run(len(protocol.vocabulary))
     from ..evaluate import EvalOptions, evaluate
     from ..segment.segmentor import Segmentor
 

@@ -133,6 +133,7 @@ def segment(
             use_presence=presence,
         )
     )
+    settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
     files = collect_images(images)
     for file in files:  # fail on any bad input before the model loads or anything is written
@@ -216,6 +217,7 @@ def tokens(
     settings = base.replace(
         refine=refine, refine_at=refine_at, refine_for=refine_for, **given(prompt_form=prompt_form)
     )
+    settings.check_run(len(vocabulary))
     picture = read_image(image, bands=parse_bands(bands))
     from ..probe.tokens import token_report
     from ..segment.segmentor import Segmentor
@@ -252,6 +254,7 @@ def attention(
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
     settings = base.replace(**given(confidence_threshold=confidence_threshold, prompt_form=prompt_form))
+    settings.check_run(len(vocabulary))
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}.")
     picture = read_image(image, bands=parse_bands(bands))

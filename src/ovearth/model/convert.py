@@ -299,6 +299,11 @@ def convert_meta_state_dict(
     return {key: converted[key] for key in expected}
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def load_meta_checkpoint(path: str | Path, config: Sam3Config) -> dict[str, Tensor]:
     """Read Meta's ``sam3.pt`` safely and convert it for ``Sam3Model``.
 
@@ -324,7 +329,8 @@ def load_meta_checkpoint(path: str | Path, config: Sam3Config) -> dict[str, Tens
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
         raise CheckpointError(
-            f"{path} cannot be read as a PyTorch checkpoint with safe loading (weights_only=True): {error}"
+            f"{path} cannot be read as a PyTorch checkpoint with safe loading (weights_only=True): "
+            f"{_first_line(error)}"
         ) from error
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         loaded = loaded["model"]

@@ -18,7 +18,6 @@ with one sentence saying how to get the weights.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from transformers import PreTrainedTokenizerBase, Sam3Config, Sam3Model
 
 from ..constants import DEFAULT_MODEL
 from ..errors import CheckpointError, ModelNotFoundError
+from .fingerprint import fingerprint_files
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class LoadedModel:
         model: the ``transformers`` model, in eval mode.
         tokenizer: the tokenizer to use with it.
         source: what was loaded (hub id or path), as given.
-        fingerprint: short hash identifying the weights (see :func:`fingerprint_files`).
+        fingerprint: 16 hex digits of SHA-256 over the weight files' bytes
+            (:func:`~ovearth.model.fingerprint.fingerprint_files`).
 
     """
 
@@ -111,31 +112,75 @@ def load_model(spec: str | Path = DEFAULT_MODEL, *, attn_implementation: str = "
     )
 
 
+#: ``model_type`` values of the configurations ``Sam3Model`` is built from.
+SAM3_MODEL_TYPES = ("sam3", "sam3_video")
+
+
+def read_config(path: Path) -> Sam3Config:
+    """A SAM 3 configuration from a ``config.json``, checked before any weight is read.
+
+    Raises:
+        CheckpointError: not JSON, not a JSON object, or not a SAM 3 configuration.
+
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"'{path}' is not a readable JSON file: {_first_line(error)}.") from error
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise CheckpointError(f"'{path}' holds a JSON {kind}, not a SAM 3 configuration object.")
+    kind = data.get("model_type")
+    if kind not in SAM3_MODEL_TYPES:
+        raise CheckpointError(
+            f"'{path}' is not a SAM 3 configuration (model_type {kind!r}, expected 'sam3'); "
+            "pass the config.json written with the weights."
+        )
+    try:
+        return Sam3Config.from_dict(data)
+    except Exception as error:  # transformers raises many types for bad fields
+        raise CheckpointError(f"'{path}' is not a valid SAM 3 configuration: {_first_line(error)}") from error
+
+
 def _load_directory(path: Path, attn_implementation: str) -> Sam3Model:
     if not (path / "config.json").exists():
         raise ModelNotFoundError(
             f"'{path}' is not a SAM 3 model directory (no config.json); "
             "pass a directory written by Sam3Model.save_pretrained or `ovearth make-tiny-model`."
         )
+    config = read_config(path / "config.json")
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(
             f"'{path}' has no .safetensors weights; only safetensors directories are loaded."
         )
     try:
-        return Sam3Model.from_pretrained(
-            path, use_safetensors=True, attn_implementation=attn_implementation, local_files_only=True
-        )
-    except (OSError, ValueError, RuntimeError) as error:
+        with quiet_hub():  # transformers' load report: our one sentence says what is wrong
+            model, info = Sam3Model.from_pretrained(
+                path,
+                config=config,
+                use_safetensors=True,
+                attn_implementation=attn_implementation,
+                local_files_only=True,
+                output_loading_info=True,
+            )
+    except Exception as error:  # safetensors, torch and transformers raise many types for bad files
         raise CheckpointError(
             f"'{path}' could not be loaded as a SAM 3 model: {_first_line(error)}"
         ) from error
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"'{path}' does not hold every SAM 3 weight for its config.json ({len(missing)} missing or of "
+            f"another shape, e.g. {missing[0]}); loading is strict."
+        )
+    return model
 
 
 def _load_meta_file(path: Path, attn_implementation: str) -> Sam3Model:
     from .convert import load_meta_checkpoint  # the converter is only needed for .pt files
 
     config_file = path.parent / "config.json"
-    config = Sam3Config.from_json_file(config_file) if config_file.exists() else Sam3Config()
+    config = read_config(config_file) if config_file.exists() else Sam3Config()
     config._attn_implementation = attn_implementation
     state = load_meta_checkpoint(path, config)
     model = Sam3Model(config)
@@ -186,32 +231,6 @@ def quiet_hub() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def fingerprint_files(files: list[Path]) -> str:
-    """Short, cheap fingerprint of weight files.
-
-    ``sha256`` over each file's name, size, and its first and last MiB. Changing weights
-    changes the fingerprint without hashing gigabytes on every run.
-
-    Args:
-        files: weight files.
-
-    Returns:
-        16 hex digits (``"unknown"`` when no file is known).
-
-    """
-    if not files:
-        return "unknown"
-    digest = hashlib.sha256()
-    for file in files:
-        size = file.stat().st_size
-        digest.update(json.dumps([file.name, size]).encode())
-        with file.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            handle.seek(max(size - (1 << 20), 0))
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()[:16]
 
 
 def _first_line(error: BaseException) -> str:

@@ -16,6 +16,7 @@ attention probabilities recomputed on the side (``L x H x (Q + 1) x N`` per prom
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -34,6 +35,7 @@ class Attention(Refiner):
 
     """
 
+    limits: ClassVar[dict[str, tuple[float, float]]] = {"g": (0.0, 10.0)}
     g: float = 0.5
     by: str = "queries"
     first_pass = "attention"

@@ -14,6 +14,9 @@ view's pixels, results of a first pass, and a per-view cache.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,6 +57,8 @@ class Refiner:
 
     name: ClassVar[str] = ""
     first_pass: ClassVar[str] = ""
+    #: closed ranges of the numeric parameters, ``{field: (low, high)}`` (see :func:`check_params`)
+    limits: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __call__(self, tokens: Tensor, grid: tuple[int, int], context: RefineContext) -> Tensor:
         """Refine ``[B, N, C]`` tokens laid out on ``grid``; return the same shape."""
@@ -68,6 +73,35 @@ class Refiner:
         params = ",".join(f"{k}={v}" for k, v in vars(self).items())
         name = self.name or f"custom.{type(self).__qualname__}"
         return f"{name}:{params}" if params else name
+
+
+def check_params(refiner: Refiner) -> None:
+    """The typed parameter spec: each field has its annotated type and lies in ``limits``.
+
+    ``bool`` fields take booleans; ``int`` fields integers; ``float`` fields finite
+    numbers; ``str`` fields text; numeric fields listed in the class's ``limits`` lie in
+    the closed range given there.
+
+    Raises:
+        ValueError: the first parameter that does not (its name, value and what it takes).
+
+    """
+    hints = typing.get_type_hints(type(refiner))
+    for f in dataclasses.fields(refiner):
+        value, kind = getattr(refiner, f.name), hints.get(f.name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"{f.name} must be true or false, got {value!r}.")
+        if kind is int and not (number and isinstance(value, int)):
+            raise ValueError(f"{f.name} must be an integer, got {value!r}.")
+        if kind is float and not (number and math.isfinite(value)):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}.")
+        if kind is str and not isinstance(value, str):
+            raise ValueError(f"{f.name} must be text, got {value!r}.")
+        if f.name in refiner.limits:
+            low, high = refiner.limits[f.name]
+            if not low <= value <= high:
+                raise ValueError(f"{f.name} must lie in [{low:g}, {high:g}], got {value!r}.")
 
 
 def as_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -38,6 +38,7 @@ the result has the tokens' dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,12 @@ class Clip(Refiner):
 
     """
 
+    limits: ClassVar[dict[str, tuple[float, float]]] = {
+        "w": (0.0, 1.0),
+        "tau": (1e-4, 100.0),
+        "window": (0, 1000),
+        "g": (0.0, 10.0),
+    }
     mode: str = "affinity"
     w: float = 0.3
     tau: float = 0.07

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,12 @@ class Laplacian(Refiner):
 
     """
 
+    limits: ClassVar[dict[str, tuple[float, float]]] = {
+        "lam": (0.0, 1e4),
+        "sigma": (1e-6, 100.0),
+        "iters": (1, 10000),
+        "tol": (1e-12, 1.0),
+    }
     lam: float = 1.0
     sigma: float = 0.1
     nb: int = 4

@@ -37,6 +37,7 @@ input tensor itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -57,6 +58,7 @@ class LowPass(Refiner):
 
     """
 
+    limits: ClassVar[dict[str, tuple[float, float]]] = {"r": (0.0, 1000.0), "b": (0.0, 1.0)}
     r: float = 12
     b: float = 0.2
 

@@ -11,6 +11,7 @@ shared by both passes; the mask decoder runs once).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -28,6 +29,7 @@ class Presence(Refiner):
 
     """
 
+    limits: ClassVar[dict[str, tuple[float, float]]] = {"s": (0.0, 1.0)}
     s: float = 1.0
     first_pass = "presence"
 

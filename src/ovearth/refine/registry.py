@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from torch import Tensor
 
 from ..errors import InputError
-from .base import RefineContext, Refiner
+from .base import RefineContext, Refiner, check_params
 
 _REGISTRY: dict[str, type[Refiner]] = {}
 R = TypeVar("R", bound=type[Refiner])
@@ -80,9 +80,11 @@ def create_refiner(name: str, **params: Any) -> Refiner:
             f"Refiner '{name}' has no parameter '{unknown[0]}'{hint}; its parameters: {allowed}."
         )
     try:
-        return cls(**params)
+        refiner = cls(**params)
+        check_params(refiner)
     except (TypeError, ValueError) as error:
         raise InputError(f"Refiner '{name}': {error}") from None
+    return refiner
 
 
 def _value(text: str) -> Any:

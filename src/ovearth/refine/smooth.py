@@ -13,6 +13,7 @@ preserving). ``a = 0`` returns the input tensor itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,6 +34,7 @@ class Smooth(Refiner):
 
     """
 
+    limits: ClassVar[dict[str, tuple[float, float]]] = {"a": (0.0, 10.0), "k": (1, 63)}
     a: float = 0.2
     k: int = 3
     mode: str = "residual"

@@ -97,8 +97,7 @@ class Segmentor:
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
         self.vocabulary = classes if isinstance(classes, Vocabulary) else Vocabulary.parse(classes)
         self.settings = (settings or SegmentSettings()).replace(**overrides)
-        if self.settings.bg_idx >= len(self.vocabulary) and self.settings.prob_thd > 0:
-            logger.info("bg_idx %d is not one of the %d classes", self.settings.bg_idx, len(self.vocabulary))
+        self.settings.check_classes(len(self.vocabulary))
         if refiner is None:
             self.pipeline = parse_refine(self.settings.refine)
         else:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..constants import NODATA_LABEL
 from ..errors import InputError
 from ..model.stages import PROMPT_FORMS
 from .windows import check_slide
@@ -78,8 +79,14 @@ class SegmentSettings:
     prompt_form: str = "meta"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.confidence_threshold <= 1.0:
-            raise InputError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}.")
+        for name in ("confidence_threshold", "prob_thd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must be a number in [0, 1] (logits lie there), got {value!r}.")
+        for name in ("bg_idx", "slide_crop", "slide_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be an integer, got {value!r}.")
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'.")
         if any(b is not None and b < 1 for b in (self.prompt_batch, self.view_batch)):
@@ -92,8 +99,8 @@ class SegmentSettings:
             )
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'.")
-        if self.bg_idx < 0:
-            raise InputError(f"bg_idx must be >= 0, got {self.bg_idx}.")
+        if not 0 <= self.bg_idx < NODATA_LABEL:
+            raise InputError(f"bg_idx must be a class index in 0..254 (255 is nodata), got {self.bg_idx}.")
         check_slide(self.slide_crop, self.slide_stride)
         if self.refine_at not in REFINE_AT:
             raise InputError(f"refine_at must be one of {', '.join(REFINE_AT)}, got '{self.refine_at}'.")
@@ -104,6 +111,27 @@ class SegmentSettings:
             raise InputError(
                 "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
                 "and so both consumers (use refine_for=both)."
+            )
+
+    def check_run(self, num_classes: int) -> None:
+        """Everything that can be checked before the model loads, for ``num_classes`` classes.
+
+        Raises:
+            InputError: ``bg_idx`` is not a class index, or the refine spec (or one of its
+                parameter values) is bad.
+
+        """
+        from ..refine.registry import parse_refine  # refiners import the model stages
+
+        self.check_classes(num_classes)
+        parse_refine(self.refine)
+
+    def check_classes(self, num_classes: int) -> None:
+        """Raise InputError unless ``bg_idx`` is one of ``num_classes`` class indices."""
+        if self.bg_idx >= num_classes:
+            raise InputError(
+                f"bg_idx {self.bg_idx} is not a class index: with {num_classes} classes use "
+                f"0..{num_classes - 1} (pixels below prob_thd get this label)."
             )
 
     def replace(self, **changes: Any) -> SegmentSettings:

@@ -29,6 +29,9 @@ from torch import Tensor
 from ..errors import InputError
 from .windows import Window
 
+#: the documented ranges of the zoom parameters (closed)
+LIMITS = {"k": (1, 64), "scale": (1.0, 16.0)}
+
 
 @dataclass(frozen=True)
 class Zoom:
@@ -42,7 +45,8 @@ class Zoom:
         """``"k=4,scale=2"`` -> Zoom; ``""`` or ``"none"`` -> None.
 
         Raises:
-            InputError: unknown key, non-numeric value, ``k < 1`` or ``scale < 1``.
+            InputError: unknown key, non-numeric value, or a value outside :data:`LIMITS`
+                (``k`` a whole number in 1..64, ``scale`` in 1..16).
 
         """
         text = spec.strip()
@@ -57,10 +61,12 @@ class Zoom:
                 values[key.strip()] = float(value)
             except ValueError:
                 raise InputError(f"--zoom '{spec}': '{value}' is not a number.") from None
-        zoom = cls(k=int(values.get("k", cls.k)), scale=values.get("scale", cls.scale))
-        if zoom.k < 1 or zoom.scale < 1:
-            raise InputError(f"--zoom '{spec}': k must be >= 1 and scale >= 1.")
-        return zoom
+        k, scale = values.get("k", cls.k), values.get("scale", cls.scale)
+        if not (float(k).is_integer() and LIMITS["k"][0] <= k <= LIMITS["k"][1]):
+            raise InputError(f"--zoom '{spec}': k must be a whole number of regions in 1..{LIMITS['k'][1]}.")
+        if not LIMITS["scale"][0] <= scale <= LIMITS["scale"][1]:  # also refuses nan and inf
+            raise InputError(f"--zoom '{spec}': scale must be a finite number in 1..{LIMITS['scale'][1]:g}.")
+        return cls(k=int(k), scale=float(scale))
 
 
 def _starts(length: int, size: int) -> list[int]:

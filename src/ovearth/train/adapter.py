@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..data.atomic import atomic_path, write_text_atomic
 from ..errors import CheckpointError, InputError
+from ..model.fingerprint import sha256_file
 from ..model.load import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -240,14 +241,6 @@ def read_adapter(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], P
     return tensors, meta, weights
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _updates(model: nn.Module, tensors: dict[str, Tensor], alpha: float, weights: Path) -> dict[str, Tensor]:
     """New values of the parameters an adapter changes, checked against ``model``."""
     params = dict(model.named_parameters())
@@ -302,7 +295,7 @@ def _apply(loaded: LoadedModel, path: str | Path) -> tuple[LoadedModel, dict[str
     base = meta.get("base_fingerprint")
     if base not in (None, loaded.fingerprint):
         logger.warning("adapter %s was trained on weights %s, not %s", weights, base, loaded.fingerprint)
-    fingerprint = hashlib.sha256(f"{loaded.fingerprint}:{_file_hash(weights)}".encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(f"{loaded.fingerprint}:{sha256_file(weights)}".encode()).hexdigest()[:16]
     source = f"{loaded.source}+adapter:{weights.parent}"
     return replace(loaded, source=source, fingerprint=fingerprint), replaced
 
