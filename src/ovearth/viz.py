@@ -70,11 +70,21 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float 
     return _with_legend(picture, names, colors, present=set(np.unique(labels[~nodata]).tolist()))
 
 
+#: longest class name shown in a legend (longer ones are cut with an ellipsis)
+LEGEND_CHARS = 40
+
+
+def shorten(name: str, limit: int = LEGEND_CHARS) -> str:
+    """``name`` cut to ``limit`` characters with a trailing ellipsis when longer."""
+    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+
+
 def _with_legend(
     picture: Image.Image, names: list[str], colors: np.ndarray, present: set[int]
 ) -> Image.Image:
     font = ImageFont.load_default()
     row, pad, swatch = 18, 8, 12
+    names = [shorten(n) for n in names]
     width = pad * 3 + swatch + max(int(font.getlength(f"{n} (absent)")) for n in names)
     height = max(picture.height, pad * 2 + row * len(names))
     canvas = Image.new("RGB", (picture.width + width, height), (255, 255, 255))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +27,18 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+
 # Options shared by several commands (one definition, one help text).
-OutputOption = Annotated[Path, typer.Option("-o", "--output", help="Output folder.")]
+def _checked_output(path: Path) -> Path:
+    """Refuse an unusable ``-o`` while the options are parsed, before any model loads."""
+    from ..data.output import check_output_dir
+
+    return check_output_dir(path)
+
+
+OutputOption = Annotated[
+    Path, typer.Option("-o", "--output", help="Output folder.", callback=_checked_output)
+]
 ModelOption = Annotated[str, typer.Option(help="Hub id, save_pretrained folder, or Meta sam3.pt.")]
 DeviceOption = Annotated[
     str, typer.Option(help="auto, cpu, cuda or cuda:N (auto: cuda:LOCAL_RANK under torchrun).")
@@ -97,13 +108,32 @@ def resolve_device(spec: str) -> str:
 
 
 def setup_logging(verbose: bool) -> None:
-    """Library logs to stderr through rich (INFO with -v, else WARNING)."""
+    """Library logs to stderr through rich (INFO with -v, else WARNING).
+
+    Third-party noise is kept out of the user's terminal unless ``-v``: GDAL's messages
+    through rasterio's loggers below ERROR, and rasterio's ``NotGeoreferencedWarning``
+    (an image without georeferencing gets PNG outputs, which says so). Any other Python
+    warning is printed as one line of ours.
+    """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=err, show_time=False, show_path=False)],
         force=True,
     )
+    warnings.showwarning = _one_line_warning
+    if not verbose:
+        from rasterio.errors import NotGeoreferencedWarning
+
+        logging.getLogger("rasterio").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` replacement: ``warning: <first line>``."""
+    text = str(message).strip().splitlines()
+    first = text[0] if text else category.__name__
+    err.print(f"[yellow]warning:[/] {first}", highlight=False, soft_wrap=True)
 
 
 def vocabulary_and_settings(classes: str | None, preset: str | None):

@@ -106,6 +106,7 @@ def segment(
 ) -> None:
     """Segment images; write labels, overlays and (with --probs) class logits into -o."""
     setup_logging(verbose)
+    from ..data.output import remove_stale_parts
     from ..data.raster import check_image, parse_bands
     from ..segment.files import collect_images, segment_file, use_windows
 
@@ -135,7 +136,7 @@ def segment(
     )
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
-    files = collect_images(images)
+    files = collect_images(images, output)
     for file in files:  # fail on any bad input before the model loads or anything is written
         check_image(file, band_choice)
 
@@ -144,6 +145,7 @@ def segment(
     loaded = load_on(model, device, adapter)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
     by_windows = {file: use_windows(file, segmentor, windowed) for file in files}  # refuses bad asks now
+    remove_stale_parts(output)  # temporary files of a run killed mid-write
     results = []
     with Progress(
         TextColumn("{task.description}"),

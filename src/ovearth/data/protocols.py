@@ -16,6 +16,7 @@ anywhere a protocol name is. Schema::
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,10 +28,44 @@ from ..errors import InputError
 from ..segment.settings import SegmentSettings
 from ..segment.vocabulary import Vocabulary
 
-_SEGMENT_KEYS = {"confidence_threshold", "prob_thd", "bg_idx", "slide_crop", "slide_stride"}
-_LAYOUT_KEYS = {"images", "labels", "image_suffix", "label_suffix", "split"}
+#: the schema: section -> field -> type (``float`` fields also take integers)
+_FIELDS: dict[str, dict[str, type]] = {
+    "": {"name": str, "title": str, "classes": list},
+    "segment": {
+        "confidence_threshold": float,
+        "prob_thd": float,
+        "bg_idx": int,
+        "slide_crop": int,
+        "slide_stride": int,
+        "prompt_form": str,
+    },
+    "labels": {"reduce_zero_label": bool, "ignore_index": int, "report": str},
+    "layout": {"images": str, "labels": str, "image_suffix": str, "label_suffix": str, "split": str},
+}
+_SEGMENT_KEYS = set(_FIELDS["segment"])
+_LAYOUT_KEYS = set(_FIELDS["layout"])
 _LAYOUT_REQUIRED = _LAYOUT_KEYS - {"split"}
-_LABEL_KEYS = {"reduce_zero_label", "ignore_index", "report"}
+_LABEL_KEYS = set(_FIELDS["labels"])
+_TYPE_WORDS = {str: "text", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+
+
+def _check_types(values: dict[str, Any], section: str, path: Path) -> None:
+    """Each present field has its schema type (a quoted "false" is text, not a boolean)."""
+    for key, value in values.items():
+        kind = _FIELDS[section].get(key)
+        if kind is None:
+            continue
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if kind is float
+            else isinstance(value, int) and not isinstance(value, bool)
+            if kind is int
+            else isinstance(value, kind)
+        )
+        if not ok:
+            field = f"{section}.{key}" if section else key
+            got = f"the text {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+            raise InputError(f"{path}: field '{field}' must be {_TYPE_WORDS[kind]}, got {got}.")
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,7 @@ def _section(data: dict, key: str, allowed: set[str], path: Path, required: set[
     missing = sorted(required - set(value))
     if missing:
         raise InputError(f"{path}: missing field '{key}.{missing[0]}'.")
+    _check_types(value, key, path)
     return value
 
 
@@ -136,10 +172,15 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
             raise InputError(f"{path}: missing field '{key}'.")
     if not isinstance(data["classes"], list):
         raise InputError(f"{path}: 'classes' must be a list, one class per item.")
+    _check_types(data, "", path)
+    bad = next((c for c in data["classes"] if not isinstance(c, str)), None)
+    if bad is not None:
+        raise InputError(f"{path}: each item of 'classes' must be text like 'building,house', got {bad!r}.")
     try:
-        vocabulary = Vocabulary.parse([str(c) for c in data["classes"]])
+        vocabulary = Vocabulary.parse(list(data["classes"]))
         segment = _section(data, "segment", _SEGMENT_KEYS, path, set())
         settings = SegmentSettings(**segment)
+        settings.check_classes(len(vocabulary))
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     except TypeError as error:

@@ -273,9 +273,12 @@ def stretch_limits(
             raise InputError(
                 f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH."
             ) from None
+        if not (np.isfinite(low) and np.isfinite(high) and high > low):
+            raise InputError(f"{path}: --stretch '{stretch}' needs finite LOW < HIGH, e.g. 0,3000.")
         return [_with_spread(low, high, dtype)] * 3
     limits = []
     for sample in samples:
+        sample = sample[np.isfinite(sample)]  # inf / NaN values carry no statistics
         if sample.size == 0:
             low, high = 0.0, 1.0
         elif rule == "percentile":
@@ -294,14 +297,18 @@ def _with_spread(low: float, high: float, dtype: np.dtype) -> tuple[float, float
 
 
 def apply_stretch(data: np.ndarray, limits: list[tuple[float, float]]) -> np.ndarray:
-    """``[3, H, W]`` -> uint8: ``clip(round((x - low) * 255 / (high - low)), 0, 255)``, NaN as 0."""
+    """``[3, H, W]`` -> uint8: ``clip(round((x - low) * 255 / (high - low)), 0, 255)``.
+
+    NaN counts as 0, +inf as ``high`` and -inf as ``low``.
+    """
     if data.dtype == np.uint8:
         return data
     out = np.empty(data.shape, np.uint8)
     for b, (low, high) in enumerate(limits):
         scale = 255.0 / (high - low)
-        band = np.nan_to_num(data[b].astype(np.float64))
-        out[b] = np.clip(np.round((band - low) * scale), 0, 255).astype(np.uint8)
+        band = np.nan_to_num(data[b].astype(np.float64), nan=0.0, posinf=high, neginf=low)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge finite values clip to 255
+            out[b] = np.clip(np.round((band - low) * scale), 0, 255).astype(np.uint8)
     return out
 
 

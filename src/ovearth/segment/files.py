@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import rasterio
+from PIL import Image
 from rasterio.errors import RasterioError
 
 from ..data.atomic import atomic_path
+from ..data.output import is_own_output
 from ..data.raster import IMAGE_SUFFIXES, RASTER_SUFFIXES, RasterImage, read_image, write_labels, write_probs
 from ..errors import InputError
 from ..viz import overlay, palette
@@ -36,20 +38,32 @@ from .zoom import Zoom
 logger = logging.getLogger(__name__)
 
 
-def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = None) -> list[Path]:
     """Expand files and folders into the list of image files, in order.
 
-    Folders contribute their GeoTIFF, PNG and JPEG files (not recursive), sorted.
+    Folders contribute their GeoTIFF, PNG and JPEG files (not recursive), sorted; hidden
+    files (``.DS_Store``, ``._scene.tif``, temporary ``.*.part`` files) are skipped, and so,
+    in a folder that is also the output folder ``out_dir``, are ``segment``'s own outputs
+    (``<stem>_labels``, ``_overlay``, ``_probs``), so a second run does not segment them.
 
     Raises:
         InputError: a path that does not exist, a folder without images, or no input.
 
     """
     files: list[Path] = []
+    out = Path(out_dir).resolve() if out_dir is not None else None
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            own = out is not None and path.resolve() == out
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not p.name.startswith(".")
+                and not (own and is_own_output(p))
+            )
             if not found:
                 raise InputError(f"{path}: the folder has no GeoTIFF, PNG or JPEG images.")
             files.extend(found)
@@ -77,31 +91,87 @@ def output_paths(image: Path, out_dir: Path, georeferenced: bool, probs: bool) -
     return paths
 
 
+def whole_image_bytes(height: int, width: int, num_names: int, num_classes: int) -> int:
+    """Estimated peak host memory of segmenting ``height x width`` pixels in one piece.
+
+    Per pixel: the source bands as float32 for stretching (12 B), RGB and valid mask
+    (4 B), the per-name logit sums and the view count (``4 (names + 1)`` B), the class
+    logits (``4 classes`` B) and the labels (8 B).
+    """
+    return height * width * (24 + 4 * (num_names + 1) + 4 * num_classes)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def use_windows(path: Path, segmentor: Segmentor, windowed: bool | None) -> bool:
     """Whether ``path`` is segmented by windows: as asked, else for large sliding-window GeoTIFFs.
 
+    An image too large for the available memory on the whole-image path goes by windows
+    when it can (a GeoTIFF with sliding windows and no zoom, ``windowed`` not False) and
+    is refused in one sentence otherwise.
+
     Raises:
-        InputError: windows asked for a PNG/JPEG.
+        InputError: windows asked for a PNG/JPEG, or an image too large for memory.
 
     """
     is_raster = path.suffix.lower() in RASTER_SUFFIXES
-    if windowed is not None:
-        if windowed and not is_raster:
-            raise InputError(f"{path}: --windowed reads GeoTIFFs; PNG and JPEG are read whole.")
-        return windowed
-    if not is_raster:
-        return False
-    try:
-        with rasterio.open(path) as dataset:
-            large = dataset.height * dataset.width > WINDOWED_PIXELS
-    except RasterioError:
+    if windowed and not is_raster:
+        raise InputError(f"{path}: --windowed reads GeoTIFFs; PNG and JPEG are read whole.")
+    if windowed:
+        return True
+    size = _image_size(path)
+    if size is None:
         return False  # read whole, where read_image names the problem
-    if large and segmentor.settings.slide_crop == 0:
+    height, width = size
+    s, vocabulary = segmentor.settings, segmentor.vocabulary
+    can_window = is_raster and s.slide_crop > 0 and Zoom.parse(s.zoom) is None
+    need = whole_image_bytes(height, width, len(vocabulary.names), len(vocabulary))
+    free = available_memory()
+    if free is not None and need > free:
+        if can_window and windowed is None:
+            logger.warning("%s is too large to hold whole in memory; it is read by windows.", path)
+            return True
+        how = (
+            "read it by windows (--windowed)"
+            if can_window
+            else "read it by windows with --slide-crop 1008 --slide-stride 1008"
+            if is_raster
+            else "convert it to a GeoTIFF and read it by windows (--slide-crop 1008 --slide-stride 1008)"
+        )
+        raise InputError(
+            f"{path}: {height} x {width} pixels need about {need / 2**30:.1f} GB in one piece, more than the "
+            f"{free / 2**30:.1f} GB available; {how}."
+        )
+    if windowed is not None or not is_raster:
+        return False
+    large = height * width > WINDOWED_PIXELS
+    if large and s.slide_crop == 0:
         logger.warning(
             "%s is large and squeezed into one view; --slide-crop/--slide-stride would read it by windows.",
             path,
         )
-    return large and segmentor.settings.slide_crop > 0 and Zoom.parse(segmentor.settings.zoom) is None
+    return large and can_window
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the header, None when it cannot be read."""
+    try:
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            with rasterio.open(path) as dataset:
+                return dataset.height, dataset.width
+        with Image.open(path) as picture:
+            return picture.height, picture.width
+    except (RasterioError, OSError, Image.DecompressionBombError):
+        return None
 
 
 def segment_file(

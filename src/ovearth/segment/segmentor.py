@@ -177,7 +177,7 @@ class Segmentor:
             raise InputError(f"The valid mask has shape {valid_np.shape}, the image {(height, width)}.")
         num_classes = len(self.vocabulary)
         if not valid_np.any():
-            logger.warning("The image has no valid pixel; every label is nodata (255).")
+            logger.info("The image has no valid pixel; every label is nodata (255).")
             return Prediction(
                 labels=np.full((height, width), 255, np.uint8),
                 class_logits=torch.zeros(num_classes, height, width),

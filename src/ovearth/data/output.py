@@ -1,0 +1,60 @@
+"""The output folder: checked before any work, cleaned of what a killed run left."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: stems of the files ``segment`` writes for an input ``<stem>``: never inputs themselves
+OUTPUT_STEM_ENDINGS = ("_labels", "_overlay", "_probs")
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """An output folder that exists as a folder or can be created, and can be written.
+
+    Nothing is created: the nearest existing folder on the path must be writable
+    (``os.access``, which also reports a read-only mount).
+
+    Raises:
+        InputError: ``path`` is a file, lies under a file, or cannot be written.
+
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"-o {path}: this is a file, not a folder; give a folder for the outputs.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"-o {path}: {existing} is a file, so no folder can be made under it.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"-o {path}: {existing} cannot be written (read-only or no permission).")
+    return path
+
+
+def is_own_output(file: Path) -> bool:
+    """Whether ``file`` is named like an output of ``segment`` (``<stem>_labels.tif`` and so on)."""
+    return Path(file).stem.endswith(OUTPUT_STEM_ENDINGS)
+
+
+def remove_stale_parts(folder: str | Path) -> int:
+    """Delete the temporary ``.<name>.part<suffix>`` files a killed run left in ``folder``.
+
+    Returns:
+        How many were removed.
+
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.glob(".*.part*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temporary file(s) left by an interrupted run in %s", len(stale), folder)
+    return len(stale)
