@@ -107,7 +107,7 @@ def segment(
     """Segment images; write labels, overlays and (with --probs) class logits into -o."""
     setup_logging(verbose)
     from ..data.output import remove_stale_parts
-    from ..data.raster import check_image, parse_bands
+    from ..data.raster import check_image, parse_bands, parse_stretch
     from ..segment.files import collect_images, segment_file, use_windows
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
@@ -136,6 +136,7 @@ def segment(
     )
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
+    parse_stretch(stretch)
     files = collect_images(images, output)
     for file in files:  # fail on any bad input before the model loads or anything is written
         check_image(file, band_choice)

@@ -247,6 +247,26 @@ def needs_statistics(dtype: np.dtype, stretch: str) -> bool:
     return np.dtype(dtype) != np.uint8 and stretch.strip().lower() in ("percentile", "minmax")
 
 
+def parse_stretch(stretch: str, path: Path | str = "--stretch") -> str | tuple[float, float]:
+    """``percentile`` / ``minmax`` / ``none``, or ``(low, high)`` from ``"LOW,HIGH"``.
+
+    Raises:
+        InputError: another word, or limits that are not finite with ``LOW < HIGH``.
+
+    """
+    rule = stretch.strip().lower()
+    if rule in ("percentile", "minmax", "none"):
+        return rule
+    try:
+        low, high = (float(v) for v in rule.split(","))
+    except ValueError:
+        words = "percentile, minmax, none or LOW,HIGH"
+        raise InputError(f"{path}: --stretch '{stretch}' is not {words}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise InputError(f"{path}: --stretch '{stretch}' needs finite LOW < HIGH, e.g. 0,3000.")
+    return low, high
+
+
 def stretch_limits(
     samples: list[np.ndarray] | None, dtype: np.dtype, stretch: str, path: Path | str = "image"
 ) -> list[tuple[float, float]]:
@@ -263,19 +283,11 @@ def stretch_limits(
         InputError: an unknown rule.
 
     """
-    rule = stretch.strip().lower()
+    rule = parse_stretch(stretch, path)
     if rule == "none":
         return [_with_spread(0.0, 255.0, dtype)] * 3
-    if rule not in ("percentile", "minmax"):
-        try:
-            low, high = (float(v) for v in rule.split(","))
-        except ValueError:
-            raise InputError(
-                f"{path}: --stretch '{stretch}' is not percentile, minmax, none or LOW,HIGH."
-            ) from None
-        if not (np.isfinite(low) and np.isfinite(high) and high > low):
-            raise InputError(f"{path}: --stretch '{stretch}' needs finite LOW < HIGH, e.g. 0,3000.")
-        return [_with_spread(low, high, dtype)] * 3
+    if isinstance(rule, tuple):
+        return [_with_spread(*rule, dtype)] * 3
     limits = []
     for sample in samples:
         sample = sample[np.isfinite(sample)]  # inf / NaN values carry no statistics
