@@ -366,3 +366,26 @@ def test_legend_width_is_bounded_for_long_class_names():
     short = overlay(rgb, labels, ["water", "land"])
     long = overlay(rgb, labels, ["water " * 200, "land"])
     assert long.width - short.width < 300 and long.width < 64 + 400
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (RuntimeError("boom\ndeep inside"), "unexpected RuntimeError: boom (run again with -v"),
+        (MemoryError(), "out of host memory"),
+    ],
+)
+def test_an_unforeseen_error_is_one_line_with_exit_code_3(
+    monkeypatch, capsys, tiny_dir, png, tmp_path, error, message
+):
+    from ovearth.segment.segmentor import Segmentor
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Segmentor, "predict", fail)
+    args = ("segment", png, "--classes", "a;b", "--model", tiny_dir, "-o", tmp_path / "out")
+    code, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 3 and message in one_line(err)
+    with pytest.raises(type(error)):  # -v: the traceback, for a bug report
+        run_cli(monkeypatch, capsys, *args, "-v")

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from . import __version__
 from .data.atomic import atomic_path
 from .data.datasets import Sample, SegmentationDataset
+from .data.output import remove_stale_parts
 from .data.raster import write_labels
 from .metrics import compute_metrics, confusion_matrix
 from .reports import write_metrics
@@ -151,9 +152,9 @@ def evaluate(
         key, identity = run_key(segmentor, dataset, options)
         cache = out / "cache" / key
         cache.mkdir(parents=True, exist_ok=True)
-        if shard.rank == 0:
-            for stale in cache.glob(".*.part*"):  # left by a process killed mid-write
-                stale.unlink(missing_ok=True)
+        if shard.rank == 0:  # temporary files left by a process killed mid-write
+            for folder in (cache, out, out / "predictions"):
+                remove_stale_parts(folder)
         if shard.world_size > 1:
             dist.barrier()  # no rank starts writing entries before the clean-up is done
         num_classes = len(segmentor.vocabulary)

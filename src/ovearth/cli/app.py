@@ -1,7 +1,8 @@
 """The ``ovearth`` Typer app, and what every command shares.
 
 Every user mistake becomes one line on stderr and a non-zero exit code (1 for bad
-input, 2 for missing or unloadable weights); commands write only inside their ``-o``
+input, 2 for missing or unloadable weights); an error no check foresaw is one line too
+(exit code 3; ``-v`` shows its traceback). Commands write only inside their ``-o``
 folder and record the settings they ran with there.
 """
 
@@ -205,10 +206,28 @@ def main() -> None:
     except (typer.Exit, SystemExit) as done:
         code = getattr(done, "exit_code", getattr(done, "code", 0))
         sys.exit(code)
-    except Exception as error:  # click usage errors
+    except Exception as error:  # click usage errors, then anything unexpected
         import click
 
         if isinstance(error, click.ClickException):
             error.show()
             sys.exit(error.exit_code)
-        raise
+        if "-v" in sys.argv or "--verbose" in sys.argv:
+            raise
+        err.print(f"[bold red]error:[/] {_unexpected(error)}", highlight=False, soft_wrap=True)
+        sys.exit(3)
+
+
+def _unexpected(error: BaseException) -> str:
+    """One sentence for an error no check of ours foresaw (exit code 3)."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        where = "device" if isinstance(error, torch.OutOfMemoryError) else "host"
+        return (
+            f"out of {where} memory; lower --prompt-batch and --view-batch, or read large scenes by "
+            "windows (--slide-crop 1008 --slide-stride 1008 --windowed)."
+        )
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    detail = f": {lines[0]}" if lines else ""
+    return f"unexpected {type(error).__name__}{detail} (run again with -v for the traceback)."
