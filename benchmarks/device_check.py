@@ -181,23 +181,18 @@ def check_modes(loaded: LoadedModel, rgb: np.ndarray) -> dict:
 def check_speed(loaded: LoadedModel, repeat: int) -> dict:
     modes = ["reference", "fast", "fast+skip", "reference+bf16", "fast+bf16", "fast+skip+bf16"]
     out = {s: segment_speed.run_setting(loaded, s, modes, repeat=repeat) for s in ("loveda", "openearthmap")}
-    sweeps: dict[str, dict] = {"view_batch": {}, "prompt_batch": {}}
-    for view_batch in (1, 2, 4):
-        r = segment_speed.run_setting(
-            loaded, "openearthmap", ["fast+bf16"], repeat, overrides={"view_batch": view_batch}
-        )
-        sweeps["view_batch"][view_batch] = {
-            "images_per_s": r["images_per_s"]["fast+bf16"],
-            "peak_device_gb": r.get("peak_device_gb"),
-        }
-    for prompt_batch in (1, 4, 11):
-        r = segment_speed.run_setting(
-            loaded, "loveda", ["fast+bf16"], repeat, overrides={"prompt_batch": prompt_batch}
-        )
-        sweeps["prompt_batch"][prompt_batch] = {
-            "images_per_s": r["images_per_s"]["fast+bf16"],
-            "peak_device_gb": r.get("peak_device_gb"),
-        }
+    sweeps: dict[str, dict] = {}
+    for option, setting, values in (
+        ("view_batch", "openearthmap", (1, 2, 4)),
+        ("prompt_batch", "loveda", (1, 4, 11)),
+    ):
+        sweeps[option] = {}
+        for value in values:
+            r = segment_speed.run_setting(loaded, setting, ["fast+bf16"], repeat, overrides={option: value})
+            sweeps[option][value] = {
+                "images_per_s": r["images_per_s"]["fast+bf16"],
+                "peak_device_gb": r.get("peak_device_gb", {}).get("fast+bf16"),
+            }
     out["sweeps (fast+bf16; view batch on openearthmap, prompt batch on loveda)"] = sweeps
     return out
 
