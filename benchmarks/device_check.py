@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import segment_speed  # noqa: E402  (the benchmark beside this file)
 
 from ovearth import LoadedModel, Segmentor, load_model  # noqa: E402
+from ovearth.model.preprocess import native_uint8_resize, resize_uint8  # noqa: E402
 from ovearth.model.stages import Sam3Stages  # noqa: E402
 from ovearth.model.testing import save_tiny_model  # noqa: E402
 from ovearth.model.tokenizer import builtin_tokenizer, tokenize  # noqa: E402
-from ovearth.segment.preprocess import native_uint8_resize, resize_uint8  # noqa: E402
 from ovearth.segment.reference import geometry_prompt, name_forward  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,10 +26,10 @@ from transformers import CLIPConfig, CLIPModel, Sam3Config, Sam3Model
 
 from ovearth import LoadedModel, Segmentor
 from ovearth.data.protocols import load_protocol
+from ovearth.model.preprocess import preprocess
 from ovearth.model.tokenizer import builtin_tokenizer
 from ovearth.refine import RefineContext, parse_refine
 from ovearth.refine.first_pass import first_pass
-from ovearth.segment.preprocess import preprocess
 
 SPECS = [
     "smooth:a=0.2",

@@ -9,7 +9,7 @@ the OpenEarthMap protocol (14 names, 512 crops / 512 stride, percentile stretch)
 
 * ``model``: load the model and segment one 512 x 512 image - the model's own peak
   (weights, text features, one window's activations, one view's logits);
-* ``scene``: segment the whole scene by windows (:func:`ovearth.segment.files.segment_file`
+* ``scene``: segment the whole scene by windows (:func:`ovearth.run.files.segment_file`
   with ``windowed=True``) and write labels and a quick-look.
 
 Reports each child's peak RSS (``VmHWM``), the difference, the time and the number of
@@ -71,7 +71,7 @@ def child(kind: str, model: str, path: str, out: str) -> None:
     """Run one measurement and print a JSON line with its peak RSS."""
     from ovearth import Segmentor, load_model
     from ovearth.data.protocols import load_protocol
-    from ovearth.segment.files import segment_file
+    from ovearth.run.files import segment_file
 
     protocol = load_protocol("openearthmap")
     start = time.perf_counter()

@@ -32,8 +32,8 @@ from transformers import Sam3Config, Sam3Model
 
 from ovearth import LoadedModel, Segmentor
 from ovearth.data.protocols import load_protocol
+from ovearth.model.preprocess import preprocess
 from ovearth.model.tokenizer import builtin_tokenizer
-from ovearth.segment.preprocess import preprocess
 from ovearth.segment.windows import views_for
 
 

@@ -31,8 +31,8 @@ from transformers import Sam3Config, Sam3Model
 
 from ovearth import LoadedModel, Segmentor
 from ovearth.data.protocols import load_protocol
+from ovearth.model.preprocess import preprocess
 from ovearth.model.tokenizer import builtin_tokenizer, tokenize
-from ovearth.segment.preprocess import preprocess
 from ovearth.train.adapter import prepare_trainable
 from ovearth.train.settings import TrainSettings
 from ovearth.train.step import TrainStep

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from ovearth.ablate import load_grid, run_ablation, settings_from_specs
 from ovearth.cli import main
 from ovearth.errors import InputError
+from ovearth.run.ablate import load_grid, run_ablation, settings_from_specs
 from ovearth.segment.settings import SegmentSettings
 from tests.data.make_synthetic import make_dataset
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from ovearth import Segmentor
 from ovearth.errors import InputError
+from ovearth.model.preprocess import preprocess
 from ovearth.probe.attention_report import attention_report
-from ovearth.segment.preprocess import preprocess
 from tests.conftest import make_image
 
 CLASSES = "road;tree,forest;water"

@@ -14,8 +14,8 @@ import pytest
 from ovearth import Segmentor
 from ovearth.data.datasets import SegmentationDataset
 from ovearth.data.protocols import load_protocol
-from ovearth.evaluate import EvalOptions, evaluate
 from ovearth.metrics import compute_metrics, confusion_matrix
+from ovearth.run.evaluate import EvalOptions, evaluate
 from tests.conftest import run_cli
 from tests.data.make_synthetic import corrupt, make_dataset
 

@@ -24,8 +24,8 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from ovearth.data.protocols import load_protocol
-from ovearth.evaluate import read_entry
 from ovearth.model.fingerprint import fingerprint_files
+from ovearth.run.evaluate import read_entry
 from ovearth.viz import overlay
 from tests.conftest import make_image, run_cli
 from tests.data.make_synthetic import make_dataset
@@ -126,7 +126,7 @@ def test_a_corrupt_cache_entry_is_discarded_and_recomputed(
 
 
 def test_a_tampered_entry_fails_its_checksum(tmp_path, caplog):
-    from ovearth.evaluate import write_entry
+    from ovearth.run.evaluate import write_entry
 
     entry = tmp_path / "x.npz"
     write_entry(entry, np.arange(12, dtype=np.int64).reshape(3, 4))

@@ -24,9 +24,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ovearth import Segmentor, load_model
+from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
 from ovearth.model.tokenizer import tokenize
-from ovearth.segment.preprocess import preprocess
 from ovearth.segment.reference import geometry_prompt, name_forward
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"

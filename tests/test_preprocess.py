@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovearth.segment.preprocess import native_uint8_resize, preprocess, resize_uint8
+from ovearth.model.preprocess import native_uint8_resize, preprocess, resize_uint8
 
 from .conftest import make_image
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from ovearth import Segmentor
+from ovearth.model.attention import DecoderAttention
+from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
-from ovearth.probe.attention import DecoderAttention
 from ovearth.refine import RefineContext, parse_refine
-from ovearth.segment.preprocess import preprocess
 from tests.conftest import make_image
 from tests.test_segmentor import CLASSES, assert_same_prediction
 

@@ -4,7 +4,7 @@ import math
 
 from PIL import Image
 
-from ovearth.reports import write_metrics
+from ovearth.run.reports import write_metrics
 
 
 def test_reports_hold_the_numbers(tmp_path):

@@ -16,8 +16,8 @@ from ovearth.data import scene as scene_io
 from ovearth.data.raster import read_image
 from ovearth.data.scene import SceneReader
 from ovearth.errors import InputError
-from ovearth.segment.files import segment_file
-from ovearth.segment.scene import window_rows
+from ovearth.run.files import segment_file
+from ovearth.run.scene import window_rows
 from ovearth.segment.windows import views_for
 
 from .conftest import make_image, run_cli

@@ -8,9 +8,9 @@ import torch
 
 from ovearth import Segmentor
 from ovearth.errors import InputError
+from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
 from ovearth.refine import Refiner
-from ovearth.segment.preprocess import preprocess
 
 from .conftest import make_image
 

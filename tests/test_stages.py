@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
 from ovearth.model.testing import tiny_sam3
 from ovearth.model.tokenizer import builtin_tokenizer, tokenize
-from ovearth.segment.preprocess import preprocess
 from ovearth.segment.reference import geometry_prompt
 
 from .conftest import make_image

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ovearth import InputError, load_model
-from ovearth.ablate import AblationSetting, load_grid, run_ablation
 from ovearth.data.datasets import SegmentationDataset, read_label
 from ovearth.data.protocols import load_protocol
+from ovearth.run.ablate import AblationSetting, load_grid, run_ablation
 from ovearth.segment.segmentor import Prediction
 from ovearth.train.loop import train
 from ovearth.train.pseudo import confident_labels

@@ -10,10 +10,10 @@ import torch
 
 from ovearth import InputError, load_model
 from ovearth.errors import CheckpointError
+from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
 from ovearth.model.testing import tiny_sam3
 from ovearth.model.tokenizer import tokenize
-from ovearth.segment.preprocess import preprocess
 from ovearth.segment.vocabulary import Vocabulary
 from ovearth.train import SegmentationLoss
 from ovearth.train.adapter import (

@@ -98,7 +98,7 @@ def eval_(
     )
 
     settings.check_run(len(protocol.vocabulary))
-    from ..evaluate import EvalOptions, evaluate
+    from ..run.evaluate import EvalOptions, evaluate
     from ..segment.segmentor import Segmentor
 
     loaded = load_on(model, device, adapter)
@@ -148,7 +148,7 @@ def ablate(
 ) -> None:
     """Compare token refinements with the unrefined baseline on benchmark datasets."""
     setup_logging(verbose)
-    from ..ablate import AblationSetting, load_grid, load_roots, run_ablation, settings_from_specs
+    from ..run.ablate import AblationSetting, load_grid, load_roots, run_ablation, settings_from_specs
 
     if (grid is None) == (not refine):
         raise InputError("Give exactly one of --grid (paper or a YAML file) or one or more --refine SPEC.")

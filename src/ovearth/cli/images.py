@@ -108,7 +108,7 @@ def segment(
     setup_logging(verbose)
     from ..data.output import remove_stale_parts
     from ..data.raster import check_image, parse_bands, parse_stretch
-    from ..segment.files import collect_images, segment_file, use_windows
+    from ..run.files import collect_images, segment_file, use_windows
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
     settings = base.replace(

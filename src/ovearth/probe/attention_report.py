@@ -1,7 +1,7 @@
 """Where SAM 3's decoder looks, per class, on one image: heatmaps and the raw maps.
 
 For each class (its first name as the prompt), on the whole image as one view resized to
-the model size, :class:`~ovearth.probe.attention.DecoderAttention` records every decoder
+the model size, :class:`~ovearth.model.attention.DecoderAttention` records every decoder
 layer's image cross-attention ``[H, Q + 1, N]`` (row 0: the presence token). The model
 is probed as it is, without the segmentor's refinement. ``attention_report`` writes:
 
@@ -39,9 +39,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..data.atomic import atomic_path, write_text_atomic
-from ..segment.preprocess import preprocess
-from ..segment.segmentor import Segmentor, _as_chw_uint8
-from .attention import KINDS, DecoderAttention
+from ..model.attention import KINDS, DecoderAttention
+from ..model.preprocess import preprocess, to_chw_uint8
+from ..segment.segmentor import Segmentor
 
 #: Longest side of the image as shown in the overlays (smaller images are enlarged to MIN).
 MAX_DISPLAY_SIDE, MIN_DISPLAY_SIDE = 768, 256
@@ -70,7 +70,7 @@ def attention_tensors(segmentor: Segmentor, image: np.ndarray) -> dict[str, Tens
 
     """
     stages = segmentor.stages
-    view = _as_chw_uint8(image).to(stages.device)
+    view = to_chw_uint8(image).to(stages.device)
     vision = stages.encode_images(preprocess(view, stages.image_size, stages.dtype)[None])
     vocabulary = segmentor.vocabulary
     first = [vocabulary.names.index(names[0]) for names in vocabulary.classes]

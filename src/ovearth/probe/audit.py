@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from transformers import Sam3Model
 
 from ..data.atomic import write_text_atomic
+from ..model.preprocess import preprocess
 from ..model.stages import FusedTokens, Sam3Stages, VisionFeatures
 from ..model.tokenizer import builtin_tokenizer, tokenize
-from ..segment.preprocess import preprocess
 
 TRANSPARENT = (nn.LayerNorm, nn.GroupNorm, nn.Dropout)
 FUNCTIONAL = ("Sam3Attention", "Conv2d", "Linear", "LayerNorm", "GroupNorm")

@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..data.atomic import atomic_path, write_text_atomic
+from ..model.preprocess import preprocess
 from ..refine import RefineContext, as_grid
 from ..refine.first_pass import first_pass
-from ..segment.preprocess import preprocess
 from ..segment.segmentor import Segmentor, refine_backbone
 
 

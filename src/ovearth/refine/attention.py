@@ -2,7 +2,7 @@
 
 The training-free form of query-guided re-weighting: a first, unrefined decoder pass
 records the image cross-attention of every layer
-(:class:`ovearth.probe.attention.DecoderAttention`), aggregated to a patch weight
+(:class:`ovearth.model.attention.DecoderAttention`), aggregated to a patch weight
 ``w`` (``[B, N]``, sums to 1; ``by=queries``: mean over layers, object queries and heads,
 the user's ``w_patch``; ``by=presence``: the presence token's row). Then
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..probe.attention import DecoderAttention
+from ..model.attention import DecoderAttention
 from .base import RefineContext
 from .registry import RefinePipeline
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..model.load import LoadedModel, load_model
+from ..model.preprocess import preprocess, to_chw_uint8
 from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
 from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens, parse_refine
@@ -40,7 +41,6 @@ from .fusion import (
     names_to_classes,
     semantic_probs,
 )
-from .preprocess import preprocess
 from .reference import reference_view_logits
 from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, SegmentSettings
 from .vocabulary import Vocabulary
@@ -170,7 +170,7 @@ class Segmentor:
             InputError: wrong shape or dtype.
 
         """
-        view = _as_chw_uint8(image)
+        view = to_chw_uint8(image)
         height, width = view.shape[-2:]
         valid_np = np.ones((height, width), bool) if valid is None else np.asarray(valid, bool)
         if valid_np.shape != (height, width):
@@ -380,18 +380,3 @@ def _spec(pipeline: RefinePipeline) -> str:
         r.spec() if isinstance(r, Refiner) else f"custom.{getattr(r, '__qualname__', type(r).__qualname__)}"
         for r in pipeline.refiners
     )
-
-
-def _as_chw_uint8(image: np.ndarray | Tensor) -> Tensor:
-    """``[H, W, 3]`` numpy or ``[3, H, W]`` tensor, uint8 -> ``[3, H, W]`` uint8 tensor."""
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"Expected an [H, W, 3] RGB array, got shape {image.shape}.")
-        if image.dtype != np.uint8:
-            raise InputError(
-                f"Expected a uint8 RGB array, got {image.dtype}; see ovearth.data.raster for scaling."
-            )
-        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
-    if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
-        raise InputError(f"Expected a [3, H, W] uint8 tensor, got {tuple(image.shape)} {image.dtype}.")
-    return image

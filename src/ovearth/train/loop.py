@@ -42,9 +42,9 @@ from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import Sample, SegmentationDataset, image_size, read_label
 from ..errors import InputError
 from ..model.load import LoadedModel
+from ..model.preprocess import preprocess
 from ..model.stages import Sam3Stages
 from ..model.tokenizer import tokenize
-from ..segment.preprocess import preprocess
 from ..segment.settings import SegmentSettings
 from ..segment.windows import Window, views_for
 from .adapter import prepare_trainable, release_trainable, save_adapter, trainable_tensors

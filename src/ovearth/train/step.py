@@ -5,7 +5,7 @@ For one view and all ``P`` prompt names of the vocabulary:
 1. backbone and FPN under ``torch.no_grad`` (frozen, nothing flows back to it);
 2. fusion encoder (first block once per view, as at inference) -> tokens ``[P, N, C]``,
    the part that trains;
-3. DETR decoder under :class:`~ovearth.probe.attention.DecoderAttention` (its image
+3. DETR decoder under :class:`~ovearth.model.attention.DecoderAttention` (its image
    cross-attention recorded on the side, without autograd), mask decoder and semantic
    head; frozen, but the gradient flows through them to the tokens;
 4. the ``max_instances`` best-scoring queries of each name are the candidates; their
@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..model.attention import DecoderAttention
 from ..model.stages import Sam3Stages, TextFeatures
-from ..probe.attention import DecoderAttention
 from ..segment.fusion import names_to_classes, resize
 from .losses import AttentionDistillation, BoundaryHinge, MaskContrastive
 from .segmentation_loss import CombinedLoss, SegmentationLoss

@@ -1,7 +1,7 @@
 """The ablation runner: what each token refinement does to mIoU, per dataset.
 
 For every dataset and every setting of a grid (plus the unrefined baseline), the
-dataset is evaluated with :func:`ovearth.evaluate.evaluate` into
+dataset is evaluated with :func:`ovearth.run.evaluate.evaluate` into
 ``out_dir/<dataset>/<setting>/`` (so its cache makes a re-run resume, and torchrun
 shards every evaluation), then ``ablation.md``, ``ablation.csv`` and ``ablation.png``
 tabulate mIoU per dataset per setting with the difference from the baseline, the best
@@ -32,16 +32,16 @@ from typing import Any
 
 import yaml
 
-from .data.atomic import atomic_path, write_text_atomic
-from .data.datasets import SegmentationDataset
-from .data.protocols import load_protocol
-from .errors import InputError
+from ..data.atomic import atomic_path, write_text_atomic
+from ..data.datasets import SegmentationDataset
+from ..data.protocols import load_protocol
+from ..errors import InputError
+from ..model.load import LoadedModel
+from ..refine import parse_refine
+from ..segment.segmentor import Segmentor
+from ..segment.settings import SegmentSettings
+from ..train.adapter import adapted, read_adapter
 from .evaluate import EvalOptions, Shard, evaluate
-from .model.load import LoadedModel
-from .refine import parse_refine
-from .segment.segmentor import Segmentor
-from .segment.settings import SegmentSettings
-from .train.adapter import adapted, read_adapter
 
 _SETTING_KEYS = {"name", "refine", "refine_at", "refine_for", "zoom", "adapter"}
 BASELINE = "baseline"

@@ -22,11 +22,13 @@ CUDA branch with torchvision's formula on the GPU.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..constants import IMAGE_MEAN, IMAGE_STD
+from ..errors import InputError
 
 
 def native_uint8_resize(device: torch.device) -> bool:
@@ -73,3 +75,23 @@ def preprocess(view: Tensor, size: int, dtype: torch.dtype = torch.float32) -> T
     mean = torch.tensor(IMAGE_MEAN, device=x.device)[:, None, None]
     std = torch.tensor(IMAGE_STD, device=x.device)[:, None, None]
     return ((x - mean) / std).to(dtype)
+
+
+def to_chw_uint8(image: np.ndarray | Tensor) -> Tensor:
+    """``[H, W, 3]`` numpy or ``[3, H, W]`` tensor, uint8 -> ``[3, H, W]`` uint8 tensor (a view, no copy).
+
+    Raises:
+        InputError: another shape or dtype (with a hint for non-uint8 rasters).
+
+    """
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"Expected an [H, W, 3] RGB array, got shape {image.shape}.")
+        if image.dtype != np.uint8:
+            raise InputError(
+                f"Expected a uint8 RGB array, got {image.dtype}; see ovearth.data.raster for scaling."
+            )
+        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+    if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        raise InputError(f"Expected a [3, H, W] uint8 tensor, got {tuple(image.shape)} {image.dtype}.")
+    return image

@@ -34,11 +34,11 @@ from ..data.atomic import atomic_path
 from ..data.raster import GEOTIFF_BLOCK
 from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
 from ..errors import InputError
+from ..segment.fusion import labels_from_logits, names_to_classes
+from ..segment.segmentor import Segmentor
+from ..segment.windows import Window, tiles_without_overlap, views_for
+from ..segment.zoom import Zoom
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
-from .fusion import labels_from_logits, names_to_classes
-from .segmentor import Segmentor
-from .windows import Window, tiles_without_overlap, views_for
-from .zoom import Zoom
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .data.atomic import atomic_path, write_text_atomic
+from ..data.atomic import atomic_path, write_text_atomic
 
 #: Per-class values reported in the tables, in this order.
 PER_CLASS_KEYS = ("IoU", "Acc", "Fscore", "Precision", "Recall")

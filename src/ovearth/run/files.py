@@ -10,7 +10,7 @@ For an input ``<stem>.<ext>``, :func:`segment_file` writes into ``out_dir``:
   band descriptions = class names.
 
 GeoTIFFs larger than :data:`WINDOWED_PIXELS` (or any, with ``windowed=True``) are read
-and written by windows (:mod:`ovearth.segment.scene`): same outputs, bounded memory, the
+and written by windows (:mod:`ovearth.run.scene`): same outputs, bounded memory, the
 labels always a tiled GeoTIFF and the overlay a quick-look.
 
 Every file is written atomically: a failure leaves no partial output.
@@ -30,10 +30,10 @@ from ..data.atomic import atomic_path
 from ..data.output import is_own_output
 from ..data.raster import IMAGE_SUFFIXES, RASTER_SUFFIXES, RasterImage, read_image, write_labels, write_probs
 from ..errors import InputError
+from ..segment.segmentor import Prediction, Segmentor
+from ..segment.zoom import Zoom
 from ..viz import overlay, palette
 from .scene import WINDOWED_PIXELS, SceneResult, segment_scene
-from .segmentor import Prediction, Segmentor
-from .zoom import Zoom
 
 logger = logging.getLogger(__name__)
 

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__
-from .data.atomic import atomic_path
-from .data.datasets import Sample, SegmentationDataset
-from .data.output import remove_stale_parts
-from .data.raster import write_labels
-from .metrics import compute_metrics, confusion_matrix
+from .. import __version__
+from ..data.atomic import atomic_path
+from ..data.datasets import Sample, SegmentationDataset
+from ..data.output import remove_stale_parts
+from ..data.raster import write_labels
+from ..metrics import compute_metrics, confusion_matrix
+from ..segment.segmentor import Segmentor
+from ..viz import palette
 from .reports import write_metrics
-from .segment.segmentor import Segmentor
-from .viz import palette
 
 logger = logging.getLogger(__name__)
 

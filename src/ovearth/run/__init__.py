@@ -1,0 +1,1 @@
+"""Everything that works on files in bulk: segmenting files and scenes, evaluation, ablation."""
