@@ -204,3 +204,13 @@ def test_user_protocol_file_is_validated(monkeypatch, capsys, tiny_dir, data_roo
     )
     assert code == 0 and json.loads((tmp_path / "o" / "metrics.json").read_text())["dataset"] == "mine"
     assert np.isfinite(json.loads((tmp_path / "o" / "metrics.json").read_text())["aAcc"])
+
+
+def test_plain_progress_lines_in_logs(monkeypatch, capsys, tiny_dir, data_root, tmp_path):
+    monkeypatch.setenv("OVEARTH_PROGRESS_SECONDS", "0")
+    args = ("eval", "--dataset", PROTOCOL, "--data-root", data_root, "--model", tiny_dir, "-o", tmp_path)
+    code, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith(f"eval {PROTOCOL}:")]
+    assert lines[0].startswith(f"eval {PROTOCOL}: 1/6 (17 %), ") and ", running mIoU " in lines[0]
+    assert lines[-1].startswith(f"eval {PROTOCOL}: 6/6 (100 %)")

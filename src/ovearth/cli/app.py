@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -186,6 +187,47 @@ def load_on(model: str, device: str, adapter: Path | None = None):
 
         loaded = apply_adapter(loaded, adapter)
     return loaded
+
+
+class PlainProgress:
+    """Progress lines for logs (nohup, SLURM): count, share, rate and ETA, every ~30 s.
+
+    Printed only when stderr is not a terminal (a terminal shows the progress bar) and by
+    the main process; the period is ``$OVEARTH_PROGRESS_SECONDS`` (default 30).
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.every = float(os.environ.get("OVEARTH_PROGRESS_SECONDS", "30"))
+        self.on = not err.is_terminal and is_main_process()
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int | None, extra: str = "") -> None:
+        """Report ``done`` of ``total`` items (at most once per period, always at the end)."""
+        now = time.monotonic()
+        if not self.on or (now - self.last < self.every and done != total) or done == 0:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        share = f" ({100 * done / total:.0f} %)" if total else ""
+        eta = f", ETA {_duration((total - done) / rate)}" if total else ""
+        err.print(f"{self.label}: {done}/{total or '?'}{share}, {rate:.3g}/s{eta}{extra}", highlight=False)
+
+    def finish(self, done: int) -> None:
+        """The closing line: how many in how long."""
+        if self.on:
+            err.print(
+                f"{self.label}: done, {done} in {_duration(time.monotonic() - self.start)}", highlight=False
+            )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def is_main_process() -> bool:

@@ -16,6 +16,7 @@ from .app import (
     DeviceOption,
     ModelOption,
     OutputOption,
+    PlainProgress,
     PrecisionOption,
     PromptFormOption,
     RefineAtOption,
@@ -115,9 +116,11 @@ def eval_(
         disable=not show,
     ) as bar:
         task = bar.add_task(protocol.name, total=None, miou="-")
+        plain = PlainProgress(f"eval {protocol.name}")
 
         def progress(done: int, total: int, miou: float) -> None:
             bar.update(task, completed=done, total=total, miou=f"{miou:.2f}")
+            plain(done, total, f", running mIoU {miou:.2f}")
 
         result = evaluate(segmentor, data, output, options, progress)
     if is_main_process():
@@ -174,9 +177,11 @@ def ablate(
         disable=not show,
     ) as bar:
         task = bar.add_task("ablation", total=len(names) * len(settings))
+        plain = PlainProgress("ablate")
 
         def progress(dataset: str, setting: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"{dataset}: {setting}")
+            plain(done, total, f" evaluations, last {dataset}: {setting}")
 
         results = run_ablation(
             loaded, roots, settings, output, limit=limit, progress=progress, prompt_form=prompt_form

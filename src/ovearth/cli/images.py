@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..constants import DEFAULT_MODEL
-from ..data.atomic import write_text_atomic
 from ..errors import InputError
 from .app import (
     AdapterOption,
@@ -21,6 +19,7 @@ from .app import (
     DeviceOption,
     ModelOption,
     OutputOption,
+    PlainProgress,
     PrecisionOption,
     PresetOption,
     PromptFormOption,
@@ -33,6 +32,7 @@ from .app import (
     app,
     err,
     given,
+    is_main_process,
     load_on,
     setup_logging,
     vocabulary_and_settings,
@@ -102,13 +102,23 @@ def segment(
             "default: by windows above 64 M pixels when sliding.",
         ),
     ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip (and list in run.json) bad images instead of stopping.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo images whose outputs exist with the same settings.")
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Segment images; write labels, overlays and (with --probs) class logits into -o."""
+    """Segment images; write labels, overlays and (with --probs) class logits into -o.
+
+    A run into a folder that holds an earlier run's outputs with the same settings reuses
+    them (resume); under torchrun the images are shared among the processes.
+    """
     setup_logging(verbose)
-    from ..data.output import remove_stale_parts
-    from ..data.raster import check_image, parse_bands, parse_stretch
-    from ..run.files import collect_images, segment_file, use_windows
+    from ..data.raster import parse_bands, parse_stretch
+    from ..run.files import collect_images
+    from ..run.segment_files import FileOptions, check_files, segment_files
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
     settings = base.replace(
@@ -137,49 +147,13 @@ def segment(
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
     parse_stretch(stretch)
-    files = collect_images(images, output)
-    for file in files:  # fail on any bad input before the model loads or anything is written
-        check_image(file, band_choice)
+    options = FileOptions(band_choice, stretch, probs, windowed, skip_bad=skip_bad, overwrite=overwrite)
+    files, skipped = check_files(collect_images(images, output), options)  # before the model loads
 
     from ..segment.segmentor import Segmentor
 
     loaded = load_on(model, device, adapter)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
-    by_windows = {file: use_windows(file, segmentor, windowed) for file in files}  # refuses bad asks now
-    remove_stale_parts(output)  # temporary files of a run killed mid-write
-    results = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal,
-    ) as progress:
-        task = progress.add_task("segmenting", total=len(files))
-        views = progress.add_task("windows", total=None, visible=False)
-        for file in files:
-            progress.update(task, description=file.name)
-            progress.update(views, completed=0, visible=by_windows[file])
-
-            def on_view(done: int, total: int) -> None:
-                progress.update(views, completed=done, total=total)
-
-            prediction, written = segment_file(
-                segmentor, file, output, band_choice, stretch, probs, by_windows[file], on_view
-            )
-            names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
-            entry = {
-                "image": str(file),
-                "outputs": {k: str(v) for k, v in written.items()},
-                "presence": dict(zip(names, presence, strict=True)),
-                "windowed": by_windows[file],
-            }
-            if by_windows[file]:
-                entry.update(views=prediction.views, skipped_views=prediction.skipped_views)
-            results.append(entry)
-            progress.advance(task)
     record = {
         "ovearth": __version__,
         "command": "segment",
@@ -190,10 +164,39 @@ def segment(
         "settings": settings.to_dict(),
         "bands": band_choice,
         "stretch": stretch,
-        "images": results,
     }
-    write_text_atomic(Path(output) / "run.json", json.dumps(record, indent=2) + "\n")
-    err.print(f"wrote {len(results)} result(s) to {output}")
+    plain = PlainProgress("segment")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not (err.is_terminal and is_main_process()),
+    ) as bar:
+        task = bar.add_task("segmenting", total=len(files))
+        views = bar.add_task("windows", total=None, visible=False)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=name, completed=done, total=total)
+            bar.update(views, completed=0, visible=False)
+            plain(done, total)
+
+        def on_view(done: int, total: int) -> None:
+            bar.update(views, completed=done, total=total, visible=True)
+
+        result = segment_files(segmentor, files, output, options, record, skipped, progress, on_view)
+        bar.update(task, completed=len(files))
+    plain.finish(len(result["images"]))
+    if is_main_process():
+        reused = sum(e["reused"] for e in result["images"])
+        notes = [
+            f"{reused} reused" if reused else "",
+            f"{len(result['skipped'])} skipped" if result["skipped"] else "",
+        ]
+        extra = ", ".join(n for n in notes if n)
+        err.print(f"wrote {len(result['images'])} result(s) to {output}" + (f" ({extra})" if extra else ""))
 
 
 @app.command()

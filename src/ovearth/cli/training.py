@@ -15,6 +15,7 @@ from .app import (
     DeviceOption,
     ModelOption,
     OutputOption,
+    PlainProgress,
     PromptFormOption,
     VerboseOption,
     app,
@@ -151,10 +152,12 @@ def train(
         disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("train", total=settings.steps, loss="")
+        plain = PlainProgress("train")
 
         def progress(stage: str, done: int, total: int, row: dict | None) -> None:
             loss = "" if row is None else f"loss {row['total']:.4f}"
             bar.update(task, description=stage, completed=done, total=total, loss=loss)
+            plain(done, total, f" {stage} steps" + (f", {loss}" if loss else ""))
 
         segment = protocol.settings.replace(**given(prompt_form=prompt_form))
         summary = run_training(
