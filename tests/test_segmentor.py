@@ -264,3 +264,30 @@ def test_backbone_refinement_reaches_the_geometry_token(tiny):
     torch.testing.assert_close(refined.prompt_token, seg.stages.prompt_token(level * 0.5, vision.pos[-1]))
     ref = Segmentor(tiny, CLASSES, mode="reference", refine="smooth:a=1.0", refine_at="backbone")
     assert_same_prediction(seg.predict(image), ref.predict(image))
+
+
+@pytest.mark.parametrize("slide", [(0, 0), (96, 64)])
+def test_held_image_features_give_a_fresh_predicts_result_without_the_backbone(tiny, monkeypatch, slide):
+    """set_image + with_classes: a new class list on the same image runs only the per-name stages."""
+    image = make_image(14, 150, 170)
+    settings = dict(slide_crop=slide[0], slide_stride=slide[1], prob_thd=0.2)
+    fresh = Segmentor(tiny, CLASSES, **settings).predict(image)
+    other_fresh = Segmentor(tiny, "water;road,street", **settings).predict(image)
+    calls = []
+    encode = Sam3Stages.encode_images
+    monkeypatch.setattr(
+        Sam3Stages, "encode_images", lambda self, px: calls.append(len(px)) or encode(self, px)
+    )
+    seg = Segmentor(tiny, CLASSES, **settings)
+    seg.set_image(image)
+    first = seg.predict(image)
+    views = sum(calls)
+    assert views == (1 if slide[0] == 0 else 6)
+    again, other = seg.predict(image), seg.with_classes("water;road,street").predict(image)
+    assert sum(calls) == views  # no backbone run after the first predict
+    for a, b in ((first, fresh), (again, fresh), (other, other_fresh)):
+        assert torch.equal(a.class_logits, b.class_logits) and np.array_equal(a.labels, b.labels)
+    shifted = image.copy()
+    shifted[0, 0, 0] ^= 1  # another image (one bit): computed, not served from the held features
+    seg.predict(shifted)
+    assert sum(calls) > views

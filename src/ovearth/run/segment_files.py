@@ -160,7 +160,7 @@ def segment_files(
             if progress is not None:
                 progress(file.name, index, len(mine))
             try:
-                entries.append(_one(segmentor, file, out, options, earlier.get(str(file)), on_view))
+                entries.append(_one(segmentor, file, out, options, earlier.get(_same(file)), on_view))
             except InputError as error:
                 if not options.skip_bad:
                     raise
@@ -218,10 +218,15 @@ def _one(
     return entry
 
 
+def _same(path: str | Path) -> str:
+    """One spelling per file (``tiles/a.tif`` and ``./tiles/a.tif`` are the same input)."""
+    return str(Path(path).resolve())
+
+
 def _earlier_entries(run_json: Path) -> dict[str, dict[str, Any]]:
     """Entries of an earlier ``run.json`` by image path (empty when absent or unreadable)."""
     try:
         data = json.loads(run_json.read_text())
-        return {e["image"]: e for e in data.get("images", []) if isinstance(e, dict) and "image" in e}
+        return {_same(e["image"]): e for e in data.get("images", []) if isinstance(e, dict) and "image" in e}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}

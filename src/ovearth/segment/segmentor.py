@@ -16,9 +16,10 @@ window placement and the fusion rules, and agree to 1e-5 in float32 (tested).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ class Segmentor:
         #: no padding, which measured faster.
         self.batched_instances = self.stages.device.type != "cpu"
         self._text: TextFeatures | None = None
+        self._held: HeldImage | None = None
 
     @property
     def prompt_batch(self) -> int:
@@ -154,6 +156,28 @@ class Segmentor:
         """
         bf16 = self.settings.precision == "bfloat16"
         return torch.autocast(self.stages.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def set_image(self, image: np.ndarray | Tensor) -> None:
+        """Keep the backbone features of ``image``'s views for later calls (SAM's predictor pattern).
+
+        From now on, :meth:`predict` on this same image (compared by its bytes) reuses the
+        features of every view it has computed once (backbone, FPN levels and the
+        geometry prompt token), and so does every segmentor made by
+        :meth:`with_classes`: a new class list costs only the per-name stages. The
+        results are those of a fresh :meth:`predict` (tested). ``reference`` mode does
+        not use them. Memory: about 0.2 GB per 1008 x 1008 view.
+
+        Args:
+            image: ``[H, W, 3]`` uint8 RGB array (or a ``[3, H, W]`` uint8 tensor).
+
+        """
+        self._held = HeldImage(key=image_digest(to_chw_uint8(image)))
+
+    def with_classes(self, classes: str | Sequence[str | Sequence[str]] | Vocabulary) -> Segmentor:
+        """A segmentor for another vocabulary with the same model, settings, refiner and held image."""
+        other = Segmentor(self.loaded, classes, settings=self.settings, refiner=self.pipeline)
+        other._held = self._held
+        return other
 
     def predict(self, image: np.ndarray | Tensor, valid: np.ndarray | None = None) -> Prediction:
         """Segment one image.
@@ -222,10 +246,11 @@ class Segmentor:
         presence = torch.zeros(num_names, device=device)
         zoom = Zoom.parse(s.zoom)
         skip = self.can_skip(windows, height, width)
-        self._add_views(view, windows, total, count, presence, skip)
+        held = self._held if self._held is not None and self._held.key == image_digest(view) else None
+        self._add_views(view, windows, total, count, presence, skip, held)
         if zoom is not None:  # second pass: the least certain regions as extra views
             first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
-            self._add_views(view, choose_regions(first, zoom), total, count, presence)
+            self._add_views(view, choose_regions(first, zoom), total, count, presence, held=held)
         return total / count, presence
 
     def can_skip(self, windows: list[Window], height: int, width: int) -> bool:
@@ -247,28 +272,35 @@ class Segmentor:
         count: Tensor,
         presence: Tensor,
         skip: bool = False,
+        held: HeldImage | None = None,
     ) -> None:
         """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
         for start in range(0, len(windows), self.view_batch):
             batch = windows[start : start + self.view_batch]
-            for window, (logits, pres) in zip(batch, self._window_logits(view, batch, skip), strict=True):
+            crops = [view[:, w.y1 : w.y2, w.x1 : w.x2] for w in batch]
+            keys = None if held is None else [(w.y1, w.y2, w.x1, w.x2) for w in batch]
+            for window, (logits, pres) in zip(batch, self.crop_logits(crops, skip, keys, held), strict=True):
                 total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
                 torch.maximum(presence, pres, out=presence)
 
-    def _window_logits(
-        self, image: Tensor, windows: list[Window], skip: bool = False
-    ) -> list[tuple[Tensor, Tensor]]:
-        return self.crop_logits([image[:, w.y1 : w.y2, w.x1 : w.x2] for w in windows], skip)
-
     @torch.inference_mode()
-    def crop_logits(self, crops: list[Tensor], skip: bool = False) -> list[tuple[Tensor, Tensor]]:
+    def crop_logits(
+        self,
+        crops: list[Tensor],
+        skip: bool = False,
+        keys: list[tuple] | None = None,
+        held: HeldImage | None = None,
+    ) -> list[tuple[Tensor, Tensor]]:
         """Per-name logits of views run through the backbone together (no averaging).
 
         Args:
             crops: ``V`` views, each ``[3, h, w]`` uint8 (sizes may differ).
             skip: apply the provable skip (see :class:`SegmentSettings`); only valid
                 when no pixel is covered by two views.
+            keys: with ``held``, one key per crop (its window): features found in
+                ``held`` are reused, the others computed and added (fast mode).
+            held: the features kept by :meth:`set_image`.
 
         Returns:
             Per view ``([P, h, w] logits, [P] presence)``.
@@ -278,18 +310,32 @@ class Segmentor:
         dtype = self.stages.dtype
         device = self.stages.device
         crops = [crop.to(device) for crop in crops]
-        pixels = torch.stack([preprocess(crop, size, dtype) for crop in crops])
         with self.autocast():
             if self.settings.mode == "reference":
                 names = self.vocabulary.names
                 return [
                     reference_view_logits(
-                        self.loaded, pixels[i : i + 1], crop, names, self.settings, self.pipeline
+                        self.loaded,
+                        preprocess(crop, size, dtype)[None],
+                        crop,
+                        names,
+                        self.settings,
+                        self.pipeline,
                     )
-                    for i, crop in enumerate(crops)
+                    for crop in crops
                 ]
-            vision = self.stages.encode_images(pixels)
-            return [self._view_logits_fast(vision.view(i), crop, skip) for i, crop in enumerate(crops)]
+            use_held = held is not None and keys is not None
+            todo = [i for i in range(len(crops)) if not (use_held and keys[i] in held.views)]
+            computed: dict[int, VisionFeatures] = {}
+            if todo:
+                vision = self.stages.encode_images(
+                    torch.stack([preprocess(crops[i], size, dtype) for i in todo])
+                )
+                computed = {i: vision.view(j) for j, i in enumerate(todo)}
+                if use_held:
+                    held.views.update({keys[i]: features for i, features in computed.items()})
+            views = [computed[i] if i in computed else held.views[keys[i]] for i in range(len(crops))]
+            return [self._view_logits_fast(v, crop, skip) for v, crop in zip(views, crops, strict=True)]
 
     def _view_logits_fast(
         self, vision: VisionFeatures, crop: Tensor, skip: bool = False
@@ -359,6 +405,26 @@ class Segmentor:
                 term = term * presence[:, None, None].float()
             logits[chunk] = term
         return logits, presence_all
+
+
+@dataclass
+class HeldImage:
+    """Features kept for one image by :meth:`Segmentor.set_image`.
+
+    Attributes:
+        key: :func:`image_digest` of the image.
+        views: window ``(y1, y2, x1, x2)`` -> that view's :class:`VisionFeatures`.
+
+    """
+
+    key: str
+    views: dict[tuple, VisionFeatures] = field(default_factory=dict)
+
+
+def image_digest(view: Tensor) -> str:
+    """BLAKE2b of a ``[3, H, W]`` uint8 image's shape and bytes."""
+    data = view.detach().cpu().contiguous().numpy()
+    return hashlib.blake2b(repr(data.shape).encode() + data.tobytes(), digest_size=16).hexdigest()
 
 
 def refine_backbone(
