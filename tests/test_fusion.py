@@ -61,3 +61,18 @@ def test_labels_argmax_and_background_threshold():
     # pixel (0,1): max 0.05 < 0.1 -> bg; pixel (1,0): tie -> first class
     assert labels.tolist() == [[0, 5], [0, 1]]
     assert labels_from_logits(logits.clone(), prob_thd=0.0, bg_idx=5).tolist() == [[0, 0], [0, 1]]
+
+
+def test_finish_gives_class_max_labels_and_nodata():
+    import numpy as np
+
+    from ovearth.segment.fusion import finish, scores_for_writing
+
+    names = torch.tensor([[[0.1, 0.6]], [[0.3, 0.2]], [[0.05, 0.7]]])  # 3 names, 1 x 2 pixels
+    valid = np.array([[True, False]])
+    class_logits, labels = finish(names, valid, [0, 1, 0], 2, prob_thd=0.35, bg_idx=1)
+    torch.testing.assert_close(class_logits, torch.tensor([[[0.1, 0.7]], [[0.3, 0.2]]]))
+    assert labels.dtype == np.uint8 and labels.tolist() == [[1, 255]]  # 0.3 < 0.35 -> bg_idx; nodata -> 255
+    scores = scores_for_writing(class_logits, valid)
+    assert np.isnan(scores[:, 0, 1]).all() and scores[1, 0, 0] == np.float32(0.3)
+    assert not torch.isnan(class_logits).any()  # the prediction's own logits keep their values

@@ -30,6 +30,7 @@ from ..data.atomic import atomic_path
 from ..data.output import is_own_output
 from ..data.raster import IMAGE_SUFFIXES, RASTER_SUFFIXES, RasterImage, read_image, write_labels, write_probs
 from ..errors import InputError
+from ..segment.fusion import scores_for_writing
 from ..segment.segmentor import Prediction, Segmentor
 from ..segment.zoom import Zoom
 from ..viz import overlay, palette
@@ -218,7 +219,7 @@ def segment_file(
     with atomic_path(paths["overlay"]) as temp:
         overlay(image.rgb, prediction.labels, names).save(temp, format="PNG")
     if probs:
-        logits = prediction.class_logits.numpy()
-        logits[:, ~prediction.valid] = float("nan")
-        write_probs(paths["probs"], logits, names, image)
+        write_probs(
+            paths["probs"], scores_for_writing(prediction.class_logits, prediction.valid), names, image
+        )
     return prediction, paths

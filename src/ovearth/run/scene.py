@@ -34,7 +34,7 @@ from ..data.atomic import atomic_path
 from ..data.raster import GEOTIFF_BLOCK
 from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
 from ..errors import InputError
-from ..segment.fusion import labels_from_logits, names_to_classes
+from ..segment.fusion import finish, names_to_classes, scores_for_writing
 from ..segment.segmentor import Segmentor
 from ..segment.windows import Window, tiles_without_overlap, views_for
 from ..segment.zoom import Zoom
@@ -233,14 +233,10 @@ def _finish_rows(
     for y in range(buffer.top, final, FINISH_ROWS):
         y_end = min(y + FINISH_ROWS, final)
         rgb, valid = reader.read(y, y_end, 0, reader.width)
-        class_logits = names_to_classes(buffer.mean(y, y_end), vocabulary.name_class, len(vocabulary))
-        labels = labels_from_logits(class_logits, s.prob_thd, s.bg_idx).to(torch.uint8).numpy()
-        labels[~valid] = 255
-        logits = None
-        if probs:
-            logits = class_logits.numpy()
-            logits[:, ~valid] = float("nan")
-        writer.write_rows(y, labels, logits)
+        class_logits, labels = finish(
+            buffer.mean(y, y_end), valid, vocabulary.name_class, len(vocabulary), s.prob_thd, s.bg_idx
+        )
+        writer.write_rows(y, labels, scores_for_writing(class_logits, valid) if probs else None)
         quick.add(y, rgb, labels, valid)
 
 

@@ -14,9 +14,12 @@ Per image: class logit = max over its names; label = argmax over classes, set to
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..constants import NODATA_LABEL
 
 
 def resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -116,3 +119,39 @@ def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Te
     best, labels = class_logits.max(dim=0)
     # torch.max returns the first maximal index on ties, like argmax.
     return labels.masked_fill_(best < prob_thd, bg_idx)
+
+
+def finish(
+    name_logits: Tensor,
+    valid: np.ndarray,
+    name_class: list[int],
+    num_classes: int,
+    prob_thd: float,
+    bg_idx: int,
+) -> tuple[Tensor, np.ndarray]:
+    """The end of every prediction path (whole image, windowed scene): names -> classes -> labels.
+
+    Args:
+        name_logits: ``[P, H, W]`` per-name logits (averaged over views).
+        valid: ``[H, W]`` bool, False on nodata.
+        name_class: class index of each name.
+        num_classes: ``K``.
+        prob_thd: background threshold.
+        bg_idx: label of low-confidence pixels.
+
+    Returns:
+        ``(class_logits [K, H, W] float32 on the CPU, labels [H, W] uint8)`` with
+        ``labels = argmax`` (``bg_idx`` below ``prob_thd``) and 255 on nodata.
+
+    """
+    class_logits = names_to_classes(name_logits, name_class, num_classes)
+    labels = labels_from_logits(class_logits, prob_thd, bg_idx).to(torch.uint8).cpu().numpy()
+    labels[~valid] = NODATA_LABEL
+    return class_logits.float().cpu(), labels
+
+
+def scores_for_writing(class_logits: Tensor, valid: np.ndarray) -> np.ndarray:
+    """``[K, H, W]`` float32 copy of the class logits with NaN on nodata (the score raster's nodata)."""
+    scores = class_logits.float().cpu().numpy().copy()
+    scores[:, ~valid] = np.nan
+    return scores

@@ -35,10 +35,10 @@ from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens, parse_refine
 from ..refine.first_pass import first_pass
 from .fusion import (
+    finish,
     instance_max,
     instance_max_batched,
     kept_padded,
-    labels_from_logits,
     names_to_classes,
     semantic_probs,
 )
@@ -209,16 +209,16 @@ class Segmentor:
                 class_names=self.vocabulary.labels,
                 valid=valid_np,
             )
+        s, vocabulary = self.settings, self.vocabulary
         with torch.inference_mode():
             name_logits, name_presence = self.name_logits(view)
-            class_logits = names_to_classes(name_logits, self.vocabulary.name_class, num_classes)
-            presence = names_to_classes(name_presence[:, None, None], self.vocabulary.name_class, num_classes)
-            labels = labels_from_logits(class_logits, self.settings.prob_thd, self.settings.bg_idx)
-        labels_np = labels.to(torch.uint8).cpu().numpy()
-        labels_np[~valid_np] = 255
+            presence = names_to_classes(name_presence[:, None, None], vocabulary.name_class, num_classes)
+            class_logits, labels = finish(
+                name_logits, valid_np, vocabulary.name_class, num_classes, s.prob_thd, s.bg_idx
+            )
         return Prediction(
-            labels=labels_np,
-            class_logits=class_logits.float().cpu(),
+            labels=labels,
+            class_logits=class_logits,
             presence=presence[:, 0, 0].float().cpu(),
             class_names=self.vocabulary.labels,
             valid=valid_np,
