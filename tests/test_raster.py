@@ -21,8 +21,10 @@ def test_rgb_geotiff_with_nodata(samples):
 
 
 def test_bands_follow_colour_interpretation_then_request(samples):
-    assert check_image(samples / "RGBA.uint16.tif") == (3, 2, 1)  # stored blue, green, red, alpha
-    assert check_image(samples / "RGBA.uint16.tif", (1, 2, 3)) == (1, 2, 3)
+    header = check_image(samples / "RGBA.uint16.tif")
+    assert header.bands == (3, 2, 1) and header.is_raster  # stored blue, green, red, alpha
+    assert (header.height, header.width) == (411, 634)
+    assert check_image(samples / "RGBA.uint16.tif", (1, 2, 3)).bands == (1, 2, 3)
     image = read_image(samples / "RGBA.uint16.tif")
     assert image.rgb.dtype == np.uint8 and 0 < image.valid.mean() < 1  # alpha band masks
 

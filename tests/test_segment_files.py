@@ -128,3 +128,21 @@ def test_two_gloo_processes_write_the_same_bytes_as_one(tiny_dir, folder, tmp_pa
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     keys = lambda run: [(e["key"], e["presence"]) for e in run["images"]]  # noqa: E731
     assert keys(run_one) == keys(run_two)
+
+
+def test_each_header_is_opened_once_before_its_pixels(monkeypatch, capsys, tiny_dir, samples, tmp_path):
+    """check_files reads the header; the window decision and the reader reuse it."""
+    import rasterio
+
+    opened = []
+    real = rasterio.open
+
+    def counting(path, *args, **kwargs):
+        if "r" == (args[0] if args else kwargs.get("mode", "r")):
+            opened.append(Path(str(path)).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", counting)
+    code, err = segment(monkeypatch, capsys, tiny_dir, samples / "RGB.byte.tif", tmp_path / "out")
+    assert code == 0, err
+    assert opened.count("RGB.byte.tif") == 2  # the header check, then the pixel read

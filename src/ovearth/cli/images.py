@@ -148,7 +148,7 @@ def segment(
     band_choice = parse_bands(bands)
     parse_stretch(stretch)
     options = FileOptions(band_choice, stretch, probs, windowed, skip_bad=skip_bad, overwrite=overwrite)
-    files, skipped = check_files(collect_images(images, output), options)  # before the model loads
+    headers, skipped = check_files(collect_images(images, output), options)  # before the model loads
 
     from ..segment.segmentor import Segmentor
 
@@ -175,7 +175,7 @@ def segment(
         transient=False,
         disable=not (err.is_terminal and is_main_process()),
     ) as bar:
-        task = bar.add_task("segmenting", total=len(files))
+        task = bar.add_task("segmenting", total=len(headers))
         views = bar.add_task("windows", total=None, visible=False)
 
         def progress(name: str, done: int, total: int) -> None:
@@ -186,8 +186,8 @@ def segment(
         def on_view(done: int, total: int) -> None:
             bar.update(views, completed=done, total=total, visible=True)
 
-        result = segment_files(segmentor, files, output, options, record, skipped, progress, on_view)
-        bar.update(task, completed=len(files))
+        result = segment_files(segmentor, headers, output, options, record, skipped, progress, on_view)
+        bar.update(task, completed=len(headers))
     plain.finish(len(result["images"]))
     if is_main_process():
         reused = sum(e["reused"] for e in result["images"])

@@ -92,12 +92,8 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
 
 def image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` of an image from its header; raises InputError if unreadable."""
-    check_image(path)
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        with rasterio.open(path) as dataset:
-            return dataset.height, dataset.width
-    with Image.open(path) as picture:
-        return picture.height, picture.width
+    header = check_image(path)
+    return header.height, header.width
 
 
 @dataclass(frozen=True)

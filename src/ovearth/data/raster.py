@@ -82,7 +82,29 @@ def parse_bands(spec: str | tuple[int, ...] | None) -> tuple[int, int, int] | No
     return bands  # type: ignore[return-value]
 
 
-def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read once before any pixel (see :func:`check_image`).
+
+    Attributes:
+        path: the file.
+        height, width: size in pixels.
+        bands: the 1-based bands read as R, G, B (None for PNG/JPEG, decoded as RGB).
+
+    """
+
+    path: Path
+    height: int
+    width: int
+    bands: tuple[int, int, int] | None
+
+    @property
+    def is_raster(self) -> bool:
+        """True for a GeoTIFF (read with rasterio, by windows if need be)."""
+        return self.bands is not None
+
+
+def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> ImageHeader:
     """Validate an image from its header, before any pixel is read.
 
     Args:
@@ -90,7 +112,8 @@ def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> 
         bands: requested bands, or None.
 
     Returns:
-        The bands that will be read as R, G, B (None for PNG/JPEG).
+        The header: size and the bands that will be read (pass it on instead of
+        re-opening the file: :func:`read_image`, ``SceneReader``, the window decision).
 
     Raises:
         InputError: missing file, unsupported type, unreadable header, or a band
@@ -106,15 +129,17 @@ def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> 
     if suffix in PICTURE_SUFFIXES:
         try:
             with Image.open(path) as picture:
+                size = picture.size
                 picture.verify()
         except Exception as error:  # Pillow raises many types for broken files
             raise InputError(f"{path}: not a readable {suffix[1:].upper()} image ({error}).") from None
         if bands is not None:
             raise InputError(f"{path}: --bands applies to GeoTIFFs; PNG and JPEG are read as RGB.")
-        return None
+        return ImageHeader(path=path, height=size[1], width=size[0], bands=None)
     try:
         with rasterio.open(path) as dataset:
-            return _choose_bands(path, dataset, bands)
+            chosen = _choose_bands(path, dataset, bands)
+            return ImageHeader(path=path, height=dataset.height, width=dataset.width, bands=chosen)
     except RasterioError as error:
         raise InputError(f"{path}: not a readable raster ({error}).") from None
 
@@ -140,7 +165,10 @@ def _choose_bands(path: Path, dataset: rasterio.DatasetReader, bands: tuple[int,
 
 
 def read_image(
-    path: str | Path, bands: tuple[int, int, int] | None = None, stretch: str = "percentile"
+    path: str | Path,
+    bands: tuple[int, int, int] | None = None,
+    stretch: str = "percentile",
+    header: ImageHeader | None = None,
 ) -> RasterImage:
     """Read an image as 8-bit RGB with its validity mask and georeferencing.
 
@@ -148,6 +176,7 @@ def read_image(
         path: GeoTIFF, PNG or JPEG file.
         bands: 1-based bands for R, G, B (GeoTIFF only); see the module docstring.
         stretch: 8-bit scaling rule for non-uint8 rasters (see the module docstring).
+        header: :func:`check_image` of ``path`` with ``bands``, when already read.
 
     Returns:
         The image.
@@ -157,7 +186,7 @@ def read_image(
 
     """
     path = Path(path)
-    chosen = check_image(path, bands)
+    chosen = (header or check_image(path, bands)).bands
     if chosen is None:
         try:
             with Image.open(path) as picture:

@@ -26,6 +26,7 @@ from ..errors import InputError
 from .atomic import atomic_path
 from .raster import (
     RASTER_SUFFIXES,
+    ImageHeader,
     apply_stretch,
     check_image,
     geotiff_profile,
@@ -69,12 +70,16 @@ class SceneReader:
     """
 
     def __init__(
-        self, path: str | Path, bands: tuple[int, int, int] | None = None, stretch: str = "percentile"
+        self,
+        path: str | Path,
+        bands: tuple[int, int, int] | None = None,
+        stretch: str = "percentile",
+        header: ImageHeader | None = None,
     ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in RASTER_SUFFIXES:
             raise InputError(f"{self.path}: windowed reading needs a GeoTIFF; PNG and JPEG are read whole.")
-        self.bands = check_image(self.path, bands)
+        self.bands = (header or check_image(self.path, bands)).bands
         self._dataset = rasterio.open(self.path)
         data = self._dataset
         self.height, self.width = data.height, data.width

@@ -28,11 +28,18 @@ from rasterio.errors import RasterioError
 
 from ..data.atomic import atomic_path
 from ..data.output import is_own_output
-from ..data.raster import IMAGE_SUFFIXES, RASTER_SUFFIXES, RasterImage, read_image, write_labels, write_probs
+from ..data.raster import (
+    IMAGE_SUFFIXES,
+    RASTER_SUFFIXES,
+    ImageHeader,
+    RasterImage,
+    read_image,
+    write_labels,
+    write_probs,
+)
 from ..errors import InputError
 from ..segment.fusion import scores_for_writing
 from ..segment.segmentor import Prediction, Segmentor
-from ..segment.zoom import Zoom
 from ..viz import overlay, palette
 from .scene import WINDOWED_PIXELS, SceneResult, segment_scene
 
@@ -113,12 +120,16 @@ def available_memory() -> int | None:
     return None
 
 
-def use_windows(path: Path, segmentor: Segmentor, windowed: bool | None) -> bool:
+def use_windows(
+    path: Path, segmentor: Segmentor, windowed: bool | None, header: ImageHeader | None = None
+) -> bool:
     """Whether ``path`` is segmented by windows: as asked, else for large sliding-window GeoTIFFs.
 
     An image too large for the available memory on the whole-image path goes by windows
     when it can (a GeoTIFF with sliding windows and no zoom, ``windowed`` not False) and
     is refused in one sentence otherwise.
+
+    ``header`` (from :func:`~ovearth.data.raster.check_image`) saves opening the file again.
 
     Raises:
         InputError: windows asked for a PNG/JPEG, or an image too large for memory.
@@ -129,12 +140,12 @@ def use_windows(path: Path, segmentor: Segmentor, windowed: bool | None) -> bool
         raise InputError(f"{path}: --windowed reads GeoTIFFs; PNG and JPEG are read whole.")
     if windowed:
         return True
-    size = _image_size(path)
+    size = (header.height, header.width) if header is not None else _image_size(path)
     if size is None:
         return False  # read whole, where read_image names the problem
     height, width = size
     s, vocabulary = segmentor.settings, segmentor.vocabulary
-    can_window = is_raster and s.slide_crop > 0 and Zoom.parse(s.zoom) is None
+    can_window = is_raster and s.slide_crop > 0 and s.parsed_zoom is None
     need = whole_image_bytes(height, width, len(vocabulary.names), len(vocabulary))
     free = available_memory()
     if free is not None and need > free:
@@ -184,6 +195,7 @@ def segment_file(
     probs: bool = False,
     windowed: bool | None = None,
     on_view: Callable[[int, int], None] | None = None,
+    header: ImageHeader | None = None,
 ) -> tuple[Prediction | SceneResult, dict[str, Path]]:
     """Read, segment and write one image.
 
@@ -196,6 +208,7 @@ def segment_file(
         probs: also write the per-class logits.
         windowed: read and write by windows (None: automatic, see :func:`use_windows`).
         on_view: progress callback of windowed runs, ``on_view(done, total)``.
+        header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
 
     Returns:
         The prediction (a :class:`SceneResult` when windowed) and the written files.
@@ -206,10 +219,10 @@ def segment_file(
     """
     path = Path(path)
     out = Path(out_dir)
-    if use_windows(path, segmentor, windowed):
+    if use_windows(path, segmentor, windowed, header):
         paths = output_paths(path, out, georeferenced=True, probs=probs)
-        return segment_scene(segmentor, path, paths, bands, stretch, on_view), paths
-    image: RasterImage = read_image(path, bands=bands, stretch=stretch)
+        return segment_scene(segmentor, path, paths, bands, stretch, on_view, header), paths
+    image: RasterImage = read_image(path, bands=bands, stretch=stretch, header=header)
     if not image.valid.any():
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", image.path)
     prediction = segmentor.predict(image.rgb, valid=image.valid)

@@ -31,13 +31,12 @@ import torch
 from torch import Tensor
 
 from ..data.atomic import atomic_path
-from ..data.raster import GEOTIFF_BLOCK
+from ..data.raster import GEOTIFF_BLOCK, ImageHeader
 from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
 from ..errors import InputError
 from ..segment.fusion import finish, names_to_classes, scores_for_writing
 from ..segment.segmentor import Segmentor
 from ..segment.windows import Window, tiles_without_overlap, views_for
-from ..segment.zoom import Zoom
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
 
 logger = logging.getLogger(__name__)
@@ -120,6 +119,7 @@ def segment_scene(
     bands: tuple[int, int, int] | None = None,
     stretch: str = "percentile",
     on_view: Callable[[int, int], None] | None = None,
+    header: ImageHeader | None = None,
 ) -> SceneResult:
     """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"probs"``, ``"overlay"``).
 
@@ -130,6 +130,7 @@ def segment_scene(
             side at most :data:`MAX_OVERLAY_SIDE`), optional ``probs`` (float32 GeoTIFF).
         bands: 1-based bands for R, G, B.
         stretch: 8-bit scaling rule, computed over the whole scene.
+        header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
         on_view: called as ``on_view(done, total)`` after each window (progress).
 
     Returns:
@@ -144,10 +145,10 @@ def segment_scene(
         raise InputError(
             f"{path}: reading a scene by windows needs sliding windows; pass --slide-crop and --slide-stride."
         )
-    if Zoom.parse(s.zoom) is not None:
+    if s.parsed_zoom is not None:
         raise InputError(f"{path}: --zoom ranks regions of the whole first pass, not by windows.")
     names = segmentor.vocabulary.labels
-    with bounded_gdal_cache(), SceneReader(path, bands, stretch) as reader:
+    with bounded_gdal_cache(), SceneReader(path, bands, stretch, header) as reader:
         height, width = reader.height, reader.width
         windows = views_for(height, width, s.slide_crop, s.slide_stride)
         disjoint = tiles_without_overlap(windows, height, width)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ..data.atomic import write_text_atomic
 from ..data.output import remove_stale_parts
-from ..data.raster import check_image
+from ..data.raster import ImageHeader, check_image
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
@@ -63,12 +63,12 @@ class FileOptions:
     overwrite: bool = False
 
 
-def check_files(files: list[Path], options: FileOptions) -> tuple[list[Path], list[dict[str, str]]]:
-    """Header checks of every input before the model loads.
+def check_files(files: list[Path], options: FileOptions) -> tuple[list[ImageHeader], list[dict[str, str]]]:
+    """Header checks of every input before the model loads (each header is read once here).
 
     Returns:
-        ``(good files, skipped)``; ``skipped`` lists ``{"image", "problem"}`` (only with
-        ``skip_bad``).
+        ``(headers of the good files, skipped)``; ``skipped`` lists ``{"image", "problem"}``
+        (only with ``skip_bad``). Pass the headers to :func:`segment_files`.
 
     Raises:
         InputError: the first bad input, unless ``skip_bad``.
@@ -77,13 +77,11 @@ def check_files(files: list[Path], options: FileOptions) -> tuple[list[Path], li
     good, skipped = [], []
     for file in files:
         try:
-            check_image(file, options.bands)
+            good.append(check_image(file, options.bands))
         except InputError as error:
             if not options.skip_bad:
                 raise
             skipped.append({"image": str(file), "problem": str(error)})
-        else:
-            good.append(file)
     return good, skipped
 
 
@@ -104,7 +102,7 @@ def entry_key(segmentor: Segmentor, file: Path, options: FileOptions, windowed: 
 
 def segment_files(
     segmentor: Segmentor,
-    files: list[Path],
+    files: list[Path | ImageHeader],
     out_dir: str | Path,
     options: FileOptions | None = None,
     record: dict[str, Any] | None = None,
@@ -116,7 +114,8 @@ def segment_files(
 
     Args:
         segmentor: the configured segmentor.
-        files: the inputs, in order (see :func:`~ovearth.run.files.collect_images`).
+        files: the inputs, in order (see :func:`~ovearth.run.files.collect_images`), or
+            their headers from :func:`check_files` (then no header is read again).
         out_dir: output folder.
         options: see :class:`FileOptions`.
         record: fields written at the top of ``run.json`` (version, command, settings...).
@@ -138,7 +137,9 @@ def segment_files(
     run_json = out / "run.json"
     shard = Shard.from_env(segmentor.stages.device)
     earlier = _earlier_entries(run_json)
-    mine = files[shard.rank :: shard.world_size]
+    headers = [f if isinstance(f, ImageHeader) else None for f in files]
+    files = [f.path if isinstance(f, ImageHeader) else Path(f) for f in files]
+    mine = list(zip(files, headers, strict=True))[shard.rank :: shard.world_size]
     entries: list[dict[str, Any]] = []
     bad: list[dict[str, str]] = list(skipped or []) if shard.rank == 0 else []
     base = dict(record or {})
@@ -156,11 +157,11 @@ def segment_files(
     try:
         if shard.rank == 0:
             remove_stale_parts(out)
-        for index, file in enumerate(mine):
+        for index, (file, header) in enumerate(mine):
             if progress is not None:
                 progress(file.name, index, len(mine))
             try:
-                entries.append(_one(segmentor, file, out, options, earlier.get(_same(file)), on_view))
+                entries.append(_one(segmentor, file, out, options, earlier.get(_same(file)), on_view, header))
             except InputError as error:
                 if not options.skip_bad:
                     raise
@@ -195,14 +196,15 @@ def _one(
     options: FileOptions,
     earlier: dict[str, Any] | None,
     on_view: ViewFn | None,
+    header: ImageHeader | None = None,
 ) -> dict[str, Any]:
-    windowed = use_windows(file, segmentor, options.windowed)
+    windowed = use_windows(file, segmentor, options.windowed, header)
     key = entry_key(segmentor, file, options, windowed)
     if not options.overwrite and earlier is not None and earlier.get("key") == key:
         if all(Path(p).exists() for p in earlier.get("outputs", {}).values()):
             return dict(earlier, reused=True)
     prediction, written = segment_file(
-        segmentor, file, out, options.bands, options.stretch, options.probs, windowed, on_view
+        segmentor, file, out, options.bands, options.stretch, options.probs, windowed, on_view, header
     )
     names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
     entry = {

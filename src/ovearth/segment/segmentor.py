@@ -46,7 +46,7 @@ from .reference import reference_view_logits
 from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, SegmentSettings
 from .vocabulary import Vocabulary
 from .windows import Window, tiles_without_overlap, views_for
-from .zoom import Zoom, choose_regions
+from .zoom import choose_regions
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class Segmentor:
         total = torch.zeros(num_names, height, width, device=device)
         count = torch.zeros(height, width, device=device)
         presence = torch.zeros(num_names, device=device)
-        zoom = Zoom.parse(s.zoom)
+        zoom = s.parsed_zoom
         skip = self.can_skip(windows, height, width)
         held = self._held if self._held is not None and self._held.key == image_digest(view) else None
         self._add_views(view, windows, total, count, presence, skip, held)
@@ -260,7 +260,7 @@ class Segmentor:
         and when the windows tile the image without overlap.
         """
         s = self.settings
-        if not (s.skip_absent and s.use_presence and s.prob_thd > 0) or Zoom.parse(s.zoom) is not None:
+        if not (s.skip_absent and s.use_presence and s.prob_thd > 0) or s.parsed_zoom is not None:
             return False
         return tiles_without_overlap(windows, height, width)
 

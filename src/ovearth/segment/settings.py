@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,11 @@ class SegmentSettings:
                 "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
                 "and so both consumers (use refine_for=both)."
             )
+
+    @functools.cached_property
+    def parsed_zoom(self) -> Zoom | None:
+        """``zoom`` parsed once (validated at construction): a :class:`Zoom`, or None for no zoom."""
+        return Zoom.parse(self.zoom)
 
     def check_run(self, num_classes: int) -> None:
         """Everything that can be checked before the model loads, for ``num_classes`` classes.
