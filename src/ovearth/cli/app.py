@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import InputError, OvearthError
 
@@ -82,6 +83,9 @@ PromptFormOption = Annotated[
         help="meta (default: text + the geometry encoder's token, as Meta's sam3 and SegEarth-OV3) "
         "or transformers (text only, for comparison)."
     ),
+]
+SkipBadOption = Annotated[
+    bool, typer.Option("--skip-bad", help="Skip bad images (listed with the reason) instead of stopping.")
 ]
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose")]
 
@@ -187,6 +191,18 @@ def load_on(model: str, device: str, adapter: Path | None = None):
 
         loaded = apply_adapter(loaded, adapter)
     return loaded
+
+
+def progress_bar(field: str | None = None) -> Progress:
+    """The terminal progress bar of the long commands (description, bar, count, ``field``, ETA).
+
+    Shown only on a terminal and by the main process; logs get :class:`PlainProgress`.
+    """
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if field is not None:
+        columns.append(TextColumn(field))
+    columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=err, disable=not (err.is_terminal and is_main_process()))
 
 
 class PlainProgress:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
@@ -22,6 +21,7 @@ from .app import (
     RefineAtOption,
     RefineForOption,
     SkipAbsentOption,
+    SkipBadOption,
     VerboseOption,
     ViewBatchOption,
     ZoomOption,
@@ -30,6 +30,7 @@ from .app import (
     given,
     is_main_process,
     load_on,
+    progress_bar,
     protocol_from,
     setup_logging,
 )
@@ -50,9 +51,7 @@ def eval_(
     adapter: AdapterOption = None,
     mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip (and list) bad images instead of stopping.")
-    ] = False,
+    skip_bad: SkipBadOption = False,
     save_predictions: Annotated[
         bool, typer.Option("--save-predictions", help="Keep colour label maps.")
     ] = False,
@@ -105,16 +104,7 @@ def eval_(
     loaded = load_on(model, device, adapter)
     segmentor = Segmentor(loaded, protocol.vocabulary, settings=settings)
     options = EvalOptions(skip_bad=skip_bad, save_predictions=save_predictions)
-    show = err.is_terminal and is_main_process()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("mIoU {task.fields[miou]}"),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not show,
-    ) as bar:
+    with progress_bar("mIoU {task.fields[miou]}") as bar:
         task = bar.add_task(protocol.name, total=None, miou="-")
         plain = PlainProgress(f"eval {protocol.name}")
 
@@ -167,15 +157,7 @@ def ablate(
     roots = load_roots(data_root_map, names)
 
     loaded = load_on(model, device)
-    show = err.is_terminal and is_main_process()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not show,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("ablation", total=len(names) * len(settings))
         plain = PlainProgress("ablate")
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import __version__
 from ..constants import DEFAULT_MODEL
@@ -26,6 +25,7 @@ from .app import (
     RefineAtOption,
     RefineForOption,
     SkipAbsentOption,
+    SkipBadOption,
     VerboseOption,
     ViewBatchOption,
     ZoomOption,
@@ -34,6 +34,7 @@ from .app import (
     given,
     is_main_process,
     load_on,
+    progress_bar,
     setup_logging,
     vocabulary_and_settings,
 )
@@ -102,9 +103,7 @@ def segment(
             "default: by windows above 64 M pixels when sliding.",
         ),
     ] = None,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip (and list in run.json) bad images instead of stopping.")
-    ] = False,
+    skip_bad: SkipBadOption = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo images whose outputs exist with the same settings.")
     ] = False,
@@ -166,15 +165,7 @@ def segment(
         "stretch": stretch,
     }
     plain = PlainProgress("segment")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-        disable=not (err.is_terminal and is_main_process()),
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("segmenting", total=len(headers))
         views = bar.add_task("windows", total=None, visible=False)
 

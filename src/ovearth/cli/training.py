@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
@@ -22,6 +21,7 @@ from .app import (
     err,
     given,
     load_on,
+    progress_bar,
     protocol_from,
     setup_logging,
 )
@@ -142,15 +142,7 @@ def train(
     from ..train.loop import train as run_training
 
     loaded = load_on(model, device)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not err.is_terminal,
-    ) as bar:
+    with progress_bar("{task.fields[loss]}") as bar:
         task = bar.add_task("train", total=settings.steps, loss="")
         plain = PlainProgress("train")
 
