@@ -145,12 +145,13 @@ def segment_files(
     base = dict(record or {})
     start = time.perf_counter()
 
-    def write(error: str | None = None) -> dict[str, Any]:
+    def write(error: str | None = None, merged: bool = False) -> dict[str, Any]:
+        """The record so far; written by a lone process, or by rank 0 once merged."""
         done = dict(base, images=entries, skipped=bad, world_size=shard.world_size)
         done["seconds"] = round(time.perf_counter() - start, 3)
         if error is not None:
             done["error"] = error
-        if shard.world_size == 1:
+        if shard.world_size == 1 or (merged and shard.rank == 0):
             write_text_atomic(run_json, json.dumps(done, indent=2) + "\n")
         return done
 
@@ -173,10 +174,7 @@ def segment_files(
             order = {str(f): i for i, f in enumerate(files)}
             entries = sorted((e for part, _ in gathered for e in part), key=lambda e: order[e["image"]])
             bad = [b for _, part in gathered for b in part]
-            result = dict(base, images=entries, skipped=bad, world_size=shard.world_size)
-            result["seconds"] = round(time.perf_counter() - start, 3)
-            if shard.rank == 0:
-                write_text_atomic(run_json, json.dumps(result, indent=2) + "\n")
+            result = write(merged=True)
             dist.barrier()
             return result
         return write()
