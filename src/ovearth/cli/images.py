@@ -115,7 +115,7 @@ def segment(
     them (resume); under torchrun the images are shared among the processes.
     """
     setup_logging(verbose)
-    from ..data.raster import parse_bands, parse_stretch
+    from ..data.raster import parse_bands
     from ..run.files import collect_images
     from ..run.segment_files import FileOptions, check_files, segment_files
 
@@ -145,7 +145,6 @@ def segment(
     )
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
-    parse_stretch(stretch)
     options = FileOptions(band_choice, stretch, probs, windowed, skip_bad=skip_bad, overwrite=overwrite)
     headers, skipped = check_files(collect_images(images, output), options)  # before the model loads
 

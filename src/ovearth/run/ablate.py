@@ -37,7 +37,6 @@ from ..data.datasets import SegmentationDataset
 from ..data.protocols import load_protocol
 from ..errors import InputError
 from ..model.load import LoadedModel
-from ..refine import parse_refine
 from ..segment.segmentor import Segmentor
 from ..segment.settings import SegmentSettings
 from ..train.adapter import adapted, read_adapter
@@ -121,7 +120,6 @@ def _setting(entry: Any, where: str) -> AblationSetting:
         )
     spec = str(entry.get("refine", ""))
     try:
-        parse_refine(spec)
         fields = {k: str(entry[k]) for k in ("refine_at", "refine_for", "zoom") if k in entry}
         SegmentSettings(refine=spec, **fields)
     except InputError as error:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ..data.atomic import write_text_atomic
 from ..data.output import remove_stale_parts
-from ..data.raster import ImageHeader, check_image
+from ..data.raster import ImageHeader, check_image, parse_stretch
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
@@ -61,6 +61,10 @@ class FileOptions:
     windowed: bool | None = None
     skip_bad: bool = False
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the stretch rule here, once, whatever the inputs' type (uint8 ignores it)."""
+        parse_stretch(self.stretch)
 
 
 def check_files(files: list[Path], options: FileOptions) -> tuple[list[ImageHeader], list[dict[str, str]]]:

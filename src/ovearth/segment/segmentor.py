@@ -32,7 +32,7 @@ from ..model.load import LoadedModel, load_model
 from ..model.preprocess import preprocess, to_chw_uint8
 from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
 from ..model.tokenizer import tokenize
-from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens, parse_refine
+from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens
 from ..refine.first_pass import first_pass
 from .fusion import (
     finish,
@@ -43,7 +43,7 @@ from .fusion import (
     semantic_probs,
 )
 from .reference import reference_view_logits
-from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, SegmentSettings
+from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, CUSTOM_REFINER, SegmentSettings
 from .vocabulary import Vocabulary
 from .windows import Window, tiles_without_overlap, views_for
 from .zoom import choose_regions
@@ -100,11 +100,11 @@ class Segmentor:
         self.settings = (settings or SegmentSettings()).replace(**overrides)
         self.settings.check_classes(len(self.vocabulary))
         if refiner is None:
-            self.pipeline = parse_refine(self.settings.refine)
+            self.pipeline = self.settings.refine_pipeline
         else:
             self.pipeline = refiner if isinstance(refiner, RefinePipeline) else RefinePipeline((refiner,))
-        # canonical spec (every parameter written out): recorded in results and cache keys
-        self.settings = self.settings.replace(refine=_spec(self.pipeline))
+            # canonical spec (every parameter written out): recorded in results and cache keys
+            self.settings = self.settings.replace(refine=_spec(self.pipeline))
         if self.pipeline.first_pass and self.settings.refine_at != "fusion":
             raise InputError(
                 f"Refiners reading a first decoder pass ({', '.join(sorted(self.pipeline.first_pass))}) work "
@@ -442,7 +442,10 @@ def refine_backbone(
 
 def _spec(pipeline: RefinePipeline) -> str:
     """Canonical spec; plain callables are named ``custom.<qualified name>``."""
-    return "+".join(
-        r.spec() if isinstance(r, Refiner) else f"custom.{getattr(r, '__qualname__', type(r).__qualname__)}"
-        for r in pipeline.refiners
-    )
+    parts = []
+    for refiner in pipeline.refiners:
+        if isinstance(refiner, Refiner):
+            parts.append(refiner.spec())
+        else:
+            parts.append(CUSTOM_REFINER + getattr(refiner, "__qualname__", type(refiner).__qualname__))
+    return "+".join(parts)

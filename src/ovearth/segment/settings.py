@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 from ..constants import NODATA_LABEL
 from ..errors import InputError
 from ..model.stages import PROMPT_FORMS
+from ..refine.registry import RefinePipeline, parse_refine
 from .windows import check_slide
 from .zoom import Zoom
 
@@ -23,6 +23,9 @@ ACCELERATOR_PROMPT_BATCH = 16
 
 #: Default view batch (views through the backbone at once) on accelerators.
 ACCELERATOR_VIEW_BATCH = 4
+
+#: Prefix of a refine spec part that records a refiner given as a Python object.
+CUSTOM_REFINER = "custom."
 
 
 @dataclass(frozen=True)
@@ -107,30 +110,50 @@ class SegmentSettings:
             raise InputError(f"refine_at must be one of {', '.join(REFINE_AT)}, got '{self.refine_at}'.")
         if self.refine_for not in REFINE_FOR:
             raise InputError(f"refine_for must be one of {', '.join(REFINE_FOR)}, got '{self.refine_for}'.")
-        Zoom.parse(self.zoom)  # raises InputError on a bad spec
+        # parsed once, here: the settings hold the Zoom and the refine pipeline
+        object.__setattr__(self, "_zoom", Zoom.parse(self.zoom))
+        if CUSTOM_REFINER in self.refine:
+            object.__setattr__(self, "_pipeline", None)
+        else:
+            pipeline = parse_refine(self.refine)
+            object.__setattr__(self, "_pipeline", pipeline)
+            object.__setattr__(self, "refine", pipeline.spec())  # canonical: every parameter written out
         if self.refine_at == "backbone" and self.refine_for != "both":
             raise InputError(
                 "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
                 "and so both consumers (use refine_for=both)."
             )
 
-    @functools.cached_property
+    @property
     def parsed_zoom(self) -> Zoom | None:
-        """``zoom`` parsed once (validated at construction): a :class:`Zoom`, or None for no zoom."""
-        return Zoom.parse(self.zoom)
+        """``zoom`` as parsed at construction: a :class:`Zoom`, or None for no zoom."""
+        return self._zoom
+
+    @property
+    def refine_pipeline(self) -> RefinePipeline:
+        """``refine`` as parsed at construction (``refine`` itself is its canonical spec).
+
+        Raises:
+            InputError: the spec records a refiner given as a Python object (``custom.*``),
+                which cannot be rebuilt from text: pass the object to ``Segmentor(refiner=...)``.
+
+        """
+        if self._pipeline is None:
+            raise InputError(
+                f"refine '{self.refine}' records a refiner given as a Python object; pass it again "
+                "as Segmentor(refiner=...)."
+            )
+        return self._pipeline
 
     def check_run(self, num_classes: int) -> None:
         """Everything that can be checked before the model loads, for ``num_classes`` classes.
 
         Raises:
-            InputError: ``bg_idx`` is not a class index, or the refine spec (or one of its
-                parameter values) is bad.
+            InputError: ``bg_idx`` is not a class index (the refine spec and the zoom were
+                checked at construction).
 
         """
-        from ..refine.registry import parse_refine  # refiners import the model stages
-
         self.check_classes(num_classes)
-        parse_refine(self.refine)
 
     def check_classes(self, num_classes: int) -> None:
         """Raise InputError unless ``bg_idx`` is one of ``num_classes`` class indices."""

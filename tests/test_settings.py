@@ -1,0 +1,61 @@
+"""SegmentSettings: checked and parsed once, at construction."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovearth.errors import InputError
+from ovearth.refine import RefinePipeline, parse_refine
+from ovearth.refine.smooth import Smooth
+from ovearth.run.segment_files import FileOptions
+from ovearth.segment.settings import SegmentSettings
+from ovearth.segment.zoom import Zoom
+
+
+def test_settings_hold_the_parsed_zoom_and_refine_pipeline(monkeypatch):
+    calls = []
+    real = Zoom.parse
+    monkeypatch.setattr(Zoom, "parse", staticmethod(lambda spec: calls.append(spec) or real(spec)))
+    settings = SegmentSettings(refine="smooth:a=0.5", zoom="k=2,scale=2")
+    assert settings.parsed_zoom is settings.parsed_zoom and settings.parsed_zoom.k == 2
+    assert len(calls) == 1  # the property reads what __post_init__ parsed
+    pipeline = settings.refine_pipeline
+    assert pipeline is settings.refine_pipeline and isinstance(pipeline.refiners[0], Smooth)
+    assert pipeline.refiners[0].a == 0.5
+    # the field is the canonical spec (every parameter written out), which parses to the same pipeline
+    assert settings.refine == "smooth:a=0.5,k=3,mode=residual"
+    assert parse_refine(settings.refine).spec() == settings.refine
+    assert SegmentSettings().refine_pipeline == RefinePipeline() and SegmentSettings().parsed_zoom is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("refine", "smooth:a=-1", "a"),
+        ("refine", "nosuch", "nosuch"),
+        ("zoom", "k=0", "k"),
+        ("prob_thd", 1.5, r"\[0, 1\]"),
+        ("bg_idx", 255, "nodata"),
+    ],
+)
+def test_bad_values_fail_at_construction(field, value, message):
+    with pytest.raises(InputError, match=message):
+        SegmentSettings(**{field: value})
+
+
+def test_a_recorded_python_refiner_cannot_be_rebuilt_from_text():
+    settings = SegmentSettings(refine="custom.Shift")  # what a Segmentor with refiner=Shift() records
+    with pytest.raises(InputError, match="Segmentor\\(refiner=...\\)"):
+        _ = settings.refine_pipeline
+
+
+def test_bg_idx_is_checked_against_the_class_count():
+    SegmentSettings(bg_idx=2).check_run(3)
+    with pytest.raises(InputError, match="0..1"):
+        SegmentSettings(bg_idx=2).check_run(2)
+
+
+def test_file_options_check_the_stretch_rule_once():
+    assert FileOptions(stretch="0,3000").stretch == "0,3000"
+    with pytest.raises(InputError, match="is not percentile"):
+        FileOptions(stretch="gamma")
