@@ -291,3 +291,15 @@ def test_held_image_features_give_a_fresh_predicts_result_without_the_backbone(t
     shifted[0, 0, 0] ^= 1  # another image (one bit): computed, not served from the held features
     seg.predict(shifted)
     assert sum(calls) > views
+
+
+def test_record_names_what_results_depend_on(tiny):
+    from ovearth import __version__
+
+    seg = Segmentor(tiny, "water;forest,tree", refine="smooth", prob_thd=0.2)
+    record = seg.record()
+    assert record["ovearth"] == __version__ and record["device"] == "cpu"
+    assert record["model"] == {"source": tiny.source, "fingerprint": tiny.fingerprint}
+    assert record["classes"] == "water;forest,tree"
+    assert record["settings"]["refine"] == "smooth:a=0.2,k=3,mode=residual"
+    assert record["settings"]["prob_thd"] == 0.2

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
 from .app import (
@@ -152,14 +151,12 @@ def segment(
 
     loaded = load_on(model, device, adapter)
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
+    described = segmentor.record()
     record = {
-        "ovearth": __version__,
+        "ovearth": described.pop("ovearth"),
         "command": "segment",
-        "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
-        "device": str(next(loaded.model.parameters()).device),
-        "classes": str(vocabulary),
+        **described,
         "preset": preset,
-        "settings": settings.to_dict(),
         "bands": band_choice,
         "stretch": stretch,
     }

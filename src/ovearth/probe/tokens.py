@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..data.atomic import atomic_path, write_text_atomic
-from ..model.preprocess import preprocess
+from ..model.preprocess import preprocess, to_chw_uint8
 from ..refine import RefineContext, as_grid
 from ..refine.first_pass import first_pass
 from ..segment.segmentor import Segmentor, refine_backbone
@@ -59,7 +59,7 @@ def token_tensors(segmentor: Segmentor, image: np.ndarray) -> dict[str, Tensor]:
 
     """
     stages, s = segmentor.stages, segmentor.settings
-    view = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).to(stages.device)
+    view = to_chw_uint8(image).to(stages.device)
     vision = stages.encode_images(preprocess(view, stages.image_size, stages.dtype)[None])
     prompts = [names[0] for names in segmentor.vocabulary.classes]
     first_names = [segmentor.vocabulary.names.index(p) for p in prompts]

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import __version__
 from ..data.atomic import atomic_path
 from ..data.datasets import Sample, SegmentationDataset
 from ..data.output import remove_stale_parts
@@ -182,10 +181,7 @@ def evaluate(
             dataset=dataset.protocol.name,
             num_images=len(samples),
             skipped=[{"image": name, "problem": problem} for name, problem in skipped],
-            ovearth=__version__,
-            model={"source": segmentor.loaded.source, "fingerprint": segmentor.loaded.fingerprint},
-            settings=segmentor.settings.to_dict(),
-            classes=str(segmentor.vocabulary),
+            **segmentor.record(),
             refine=segmentor.settings.refine,
             run_key=key,
             world_size=shard.world_size,

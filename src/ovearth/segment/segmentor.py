@@ -146,6 +146,18 @@ class Segmentor:
                 )
         return self._text
 
+    def record(self) -> dict[str, Any]:
+        """What a results file says about this segmentor: version, model, device, classes, settings."""
+        from .. import __version__  # the package's __init__ imports this module
+
+        return {
+            "ovearth": __version__,
+            "model": {"source": self.loaded.source, "fingerprint": self.loaded.fingerprint},
+            "device": str(self.stages.device),
+            "classes": str(self.vocabulary),
+            "settings": self.settings.to_dict(),
+        }
+
     def autocast(self) -> torch.autocast:
         """The precision region: bfloat16 autocast over the whole model when ``precision`` says so.
 

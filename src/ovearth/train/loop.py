@@ -42,7 +42,7 @@ from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import Sample, SegmentationDataset, image_size, read_label
 from ..errors import InputError
 from ..model.load import LoadedModel
-from ..model.preprocess import preprocess
+from ..model.preprocess import preprocess, to_chw_uint8
 from ..model.stages import Sam3Stages
 from ..model.tokenizer import tokenize
 from ..segment.settings import SegmentSettings
@@ -243,7 +243,7 @@ class _ViewReader:
         sample_index, w = self.views[index]
         rgb, label = self._image(sample_index)
         device = self.stages.device
-        crop = torch.from_numpy(rgb[w.y1 : w.y2, w.x1 : w.x2].copy()).permute(2, 0, 1)
+        crop = to_chw_uint8(rgb[w.y1 : w.y2, w.x1 : w.x2])
         pixels = preprocess(crop.to(device), self.stages.image_size, self.stages.dtype)[None]
         target = torch.from_numpy(label[w.y1 : w.y2, w.x1 : w.x2].astype(np.int64)).to(device)
         return pixels, target
