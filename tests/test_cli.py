@@ -180,3 +180,20 @@ def test_make_tiny_model_command(monkeypatch, capsys, tmp_path):
     from ovearth import load_model
 
     assert load_model(tmp_path / "m").model.config.vision_config.backbone_config.image_size == 336
+
+
+def test_given_settings_takes_the_settings_fields_a_command_was_given():
+    import inspect
+
+    from ovearth.cli.app import given_settings
+    from ovearth.cli.benchmarks import eval_
+    from ovearth.cli.images import segment
+
+    picked = given_settings(
+        {"compile_backbone": True, "presence": False, "prob_thd": None, "zoom": "k=1", "bands": "1,2,3"}
+    )
+    assert picked == {"compile": True, "use_presence": False, "zoom": "k=1"}
+    # every knob of the fusion rule reaches the settings from segment; eval takes the run knobs
+    for command, expected in ((segment, 19), (eval_, 13)):
+        names = dict.fromkeys(inspect.signature(command).parameters, 0)
+        assert len(given_settings(names)) == expected, command.__name__

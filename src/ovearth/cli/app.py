@@ -180,6 +180,30 @@ def given(**options):
     return {key: value for key, value in options.items() if value is not None}
 
 
+#: command parameters whose SegmentSettings field has another name
+SETTING_NAMES = {
+    "compile_backbone": "compile",
+    "instances": "use_instances",
+    "semantic": "use_semantic",
+    "presence": "use_presence",
+}
+
+
+def given_settings(parameters: dict) -> dict:
+    """The SegmentSettings fields among a command's ``parameters`` (its ``locals()``) that were given.
+
+    A parameter counts when its name (or its :data:`SETTING_NAMES` alias) is a settings
+    field and its value is not None; the protocol's or preset's value stays otherwise.
+    """
+    import dataclasses
+
+    from ..segment.settings import SegmentSettings
+
+    fields = {f.name for f in dataclasses.fields(SegmentSettings)}
+    named = {SETTING_NAMES.get(name, name): value for name, value in parameters.items()}
+    return given(**{name: value for name, value in named.items() if name in fields})
+
+
 def load_on(model: str, device: str, adapter: Path | None = None):
     """Load the model (see :func:`ovearth.load_model`) onto a resolved device, with an adapter if given."""
     from ..model.load import load_model

@@ -27,7 +27,7 @@ from .app import (
     ZoomOption,
     app,
     err,
-    given,
+    given_settings,
     is_main_process,
     load_on,
     progress_bar,
@@ -79,23 +79,7 @@ def eval_(
 
     protocol = protocol_from(dataset, dataset_config)
     data = SegmentationDataset(protocol, data_root, limit=limit)
-    settings = protocol.settings.replace(
-        **given(
-            mode=mode,
-            prompt_batch=prompt_batch,
-            refine=refine,
-            refine_at=refine_at,
-            refine_for=refine_for,
-            zoom=zoom,
-            skip_absent=skip_absent,
-            precision=precision,
-            prompt_form=prompt_form,
-            view_batch=view_batch,
-            compile=compile_backbone,
-            confidence_threshold=confidence_threshold,
-            prob_thd=prob_thd,
-        )
-    )
+    settings = protocol.settings.replace(**given_settings(locals()))
 
     settings.check_run(len(protocol.vocabulary))
     from ..run.evaluate import EvalOptions, evaluate

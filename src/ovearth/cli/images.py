@@ -31,6 +31,7 @@ from .app import (
     app,
     err,
     given,
+    given_settings,
     is_main_process,
     load_on,
     progress_bar,
@@ -119,29 +120,7 @@ def segment(
     from ..run.segment_files import FileOptions, check_files, segment_files
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
-    settings = base.replace(
-        **given(
-            mode=mode,
-            prompt_batch=prompt_batch,
-            refine=refine,
-            refine_at=refine_at,
-            refine_for=refine_for,
-            zoom=zoom,
-            skip_absent=skip_absent,
-            precision=precision,
-            prompt_form=prompt_form,
-            view_batch=view_batch,
-            compile=compile_backbone,
-            confidence_threshold=confidence_threshold,
-            prob_thd=prob_thd,
-            bg_idx=bg_idx,
-            slide_crop=slide_crop,
-            slide_stride=slide_stride,
-            use_instances=instances,
-            use_semantic=semantic,
-            use_presence=presence,
-        )
-    )
+    settings = base.replace(**given_settings(locals()))
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
     options = FileOptions(band_choice, stretch, probs, windowed, skip_bad=skip_bad, overwrite=overwrite)
