@@ -22,10 +22,6 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import rasterio
-from PIL import Image
-from rasterio.errors import RasterioError
-
 from ..data.atomic import atomic_path
 from ..data.output import is_own_output
 from ..data.raster import (
@@ -33,6 +29,7 @@ from ..data.raster import (
     RASTER_SUFFIXES,
     ImageHeader,
     RasterImage,
+    check_image,
     read_image,
     write_labels,
     write_probs,
@@ -140,10 +137,12 @@ def use_windows(
         raise InputError(f"{path}: --windowed reads GeoTIFFs; PNG and JPEG are read whole.")
     if windowed:
         return True
-    size = (header.height, header.width) if header is not None else _image_size(path)
-    if size is None:
-        return False  # read whole, where read_image names the problem
-    height, width = size
+    if header is None:
+        try:
+            header = check_image(path)
+        except InputError:
+            return False  # read whole, where read_image names the problem
+    height, width = header.height, header.width
     s, vocabulary = segmentor.settings, segmentor.vocabulary
     can_window = is_raster and s.slide_crop > 0 and s.parsed_zoom is None
     need = whole_image_bytes(height, width, len(vocabulary.names), len(vocabulary))
@@ -172,18 +171,6 @@ def use_windows(
             path,
         )
     return large and can_window
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """``(height, width)`` from the header, None when it cannot be read."""
-    try:
-        if path.suffix.lower() in RASTER_SUFFIXES:
-            with rasterio.open(path) as dataset:
-                return dataset.height, dataset.width
-        with Image.open(path) as picture:
-            return picture.height, picture.width
-    except (RasterioError, OSError, Image.DecompressionBombError):
-        return None
 
 
 def segment_file(
