@@ -8,6 +8,13 @@ DEFAULT_MODEL = "facebook/sam3"
 #: Label written for pixels that carry no prediction (nodata, ignored).
 NODATA_LABEL = 255
 
+#: Label of valid pixels whose best class score is below ``prob_thd`` when the class list
+#: has no background class of its own (free-form classes); never a class index.
+UNCLASSIFIED_LABEL = 254
+
+#: Most classes one run can have (indices 0..253; 254 and 255 are reserved above).
+MAX_CLASSES = 254
+
 #: Text length the SAM 3 processor pads and truncates prompts to.
 TEXT_MAX_LENGTH = 32
 
