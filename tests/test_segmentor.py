@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ovearth import Segmentor
+from ovearth.constants import NODATA_LABEL, UNCLASSIFIED_LABEL
 from ovearth.errors import InputError
 from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
@@ -303,3 +304,21 @@ def test_record_names_what_results_depend_on(tiny):
     assert record["classes"] == "water;forest,tree"
     assert record["settings"]["refine"] == "smooth:a=0.2,k=3,mode=residual"
     assert record["settings"]["prob_thd"] == 0.2
+
+
+def test_low_score_pixels_are_unclassified_for_free_form_classes(tiny):
+    image = make_image(21, 80, 96)
+    valid = np.ones((80, 96), bool)
+    valid[:8] = False
+    plain = Segmentor(tiny, "water;land;cloud").predict(image, valid=valid)
+    best = plain.class_logits.max(dim=0).values.numpy()
+    thd = float(np.quantile(best[valid], 0.5))  # about half the valid pixels fall below
+    pred = Segmentor(tiny, "water;land;cloud", prob_thd=thd).predict(image, valid=valid)
+    low = valid & (best < thd)
+    assert 0 < low.sum() < valid.sum()
+    assert (pred.labels[low] == UNCLASSIFIED_LABEL).all() and (pred.labels[~valid] == NODATA_LABEL).all()
+    assert (pred.labels[valid & ~low] == plain.labels[valid & ~low]).all()
+    assert (pred.labels[valid & ~low] < 3).all()
+    # a class index when asked: the reference's bg_idx rule
+    asked = Segmentor(tiny, "water;land;cloud", prob_thd=thd, bg_idx=1).predict(image, valid=valid)
+    assert (asked.labels[low] == 1).all()

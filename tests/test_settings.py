@@ -59,3 +59,16 @@ def test_file_options_check_the_stretch_rule_once():
     assert FileOptions(stretch="0,3000").stretch == "0,3000"
     with pytest.raises(InputError, match="is not percentile"):
         FileOptions(stretch="gamma")
+
+
+def test_free_form_classes_get_an_unclassified_label_presets_keep_their_background():
+    from ovearth.constants import NODATA_LABEL, UNCLASSIFIED_LABEL
+    from ovearth.data.protocols import load_protocol
+
+    assert SegmentSettings().bg_idx is None and SegmentSettings().low_score_label == UNCLASSIFIED_LABEL == 254
+    assert UNCLASSIFIED_LABEL != NODATA_LABEL
+    assert SegmentSettings(bg_idx=3).low_score_label == 3
+    assert load_protocol("loveda").settings.low_score_label == 0
+    assert load_protocol("potsdam").settings.low_score_label == 5
+    with pytest.raises(InputError, match="at most 254"):
+        SegmentSettings().check_classes(255)

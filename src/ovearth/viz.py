@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .constants import NODATA_LABEL
+from .constants import NODATA_LABEL, UNCLASSIFIED_LABEL
 
 #: Distinct colours (Tableau 20 order, strong colours first), repeated beyond 20 classes.
 _BASE_COLORS = np.array(
@@ -34,6 +34,9 @@ _BASE_COLORS = np.array(
     dtype=np.uint8,
 )
 
+#: Colour of unclassified pixels in legends and colour tables (light grey).
+UNCLASSIFIED_COLOR = (220, 220, 220)
+
 #: Longest side of an overlay picture; larger scenes are shown downscaled.
 MAX_OVERLAY_SIDE = 2048
 
@@ -49,7 +52,8 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float 
 
     Args:
         rgb: ``[H, W, 3]`` uint8 image.
-        labels: ``[H, W]`` class indices; 255 (nodata) keeps the image darkened.
+        labels: ``[H, W]`` class indices; 255 (nodata) keeps the image darkened, 254
+            (unclassified) keeps it as it is (listed in the legend when present).
         names: class names for the legend.
         alpha: colour opacity.
 
@@ -60,14 +64,20 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float 
     """
     colors = palette(len(names))
     nodata = labels == NODATA_LABEL
-    color_img = colors[np.where(nodata, 0, labels).clip(0, len(names) - 1)]
+    unclassified = labels == UNCLASSIFIED_LABEL
+    color_img = colors[np.where(nodata | unclassified, 0, labels).clip(0, len(names) - 1)]
     blended = (rgb * (1 - alpha) + color_img * alpha).astype(np.uint8)
     blended[nodata] = (rgb[nodata] * 0.35).astype(np.uint8)
+    blended[unclassified] = rgb[unclassified]
     picture = Image.fromarray(blended)
     scale = MAX_OVERLAY_SIDE / max(picture.size)
     if scale < 1:
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.NEAREST)
-    return _with_legend(picture, names, colors, present=set(np.unique(labels[~nodata]).tolist()))
+    present = set(np.unique(labels[~nodata]).tolist())
+    if UNCLASSIFIED_LABEL in present:  # a legend row of its own, in the raster's grey
+        names, colors = [*names, "unclassified"], np.vstack([colors, UNCLASSIFIED_COLOR])
+        present.add(len(names) - 1)
+    return _with_legend(picture, names, colors, present)
 
 
 #: longest class name shown in a legend (longer ones are cut with an ellipsis)

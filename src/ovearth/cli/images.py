@@ -59,9 +59,16 @@ def segment(
         float | None, typer.Option(help="Keep instances scoring above this.")
     ] = None,
     prob_thd: Annotated[
-        float | None, typer.Option(help="Pixels with max logit below this get --bg-idx.")
+        float | None,
+        typer.Option(help="Pixels whose best class score is below this are unclassified (or --bg-idx)."),
     ] = None,
-    bg_idx: Annotated[int | None, typer.Option(help="Label of low-confidence pixels.")] = None,
+    bg_idx: Annotated[
+        int | None,
+        typer.Option(
+            help="Class index of low-score pixels (default: a preset's background class; free-form "
+            "classes write 254 = unclassified)."
+        ),
+    ] = None,
     slide_crop: Annotated[int | None, typer.Option(help="Sliding-window size (0: whole image).")] = None,
     slide_stride: Annotated[int | None, typer.Option(help="Sliding-window step.")] = None,
     instances: Annotated[

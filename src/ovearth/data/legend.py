@@ -20,12 +20,10 @@ from rasterio.errors import RasterioError
 
 from ..constants import MAX_CLASSES, NODATA_LABEL, UNCLASSIFIED_LABEL
 from ..errors import InputError
+from ..viz import UNCLASSIFIED_COLOR
 
 #: Dataset tag holding the class table as JSON.
 TABLE_TAG = "OVEARTH_CLASSES"
-
-#: Colour of unclassified pixels in colour tables and legends (light grey, opaque).
-UNCLASSIFIED_COLOR = (220, 220, 220)
 
 RGBA = tuple[int, int, int, int]
 

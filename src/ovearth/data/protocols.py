@@ -179,7 +179,8 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
     try:
         vocabulary = Vocabulary.parse(list(data["classes"]))
         segment = _section(data, "segment", _SEGMENT_KEYS, path, set())
-        settings = SegmentSettings(**segment)
+        # low-score pixels get a class (SegEarth-OV3's bg_idx, 0 when unsaid): the metrics need one
+        settings = SegmentSettings(**{"bg_idx": 0, **segment})
         settings.check_classes(len(vocabulary))
     except InputError as error:
         raise InputError(f"{path}: {error}") from None

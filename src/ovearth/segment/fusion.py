@@ -110,7 +110,7 @@ def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Te
     Args:
         class_logits: ``[K, H, W]``.
         prob_thd: background threshold.
-        bg_idx: label given to low-confidence pixels.
+        bg_idx: label given to low-confidence pixels (a class index, or 254 = unclassified).
 
     Returns:
         ``[H, W]`` int64 labels.
@@ -137,7 +137,7 @@ def finish(
         name_class: class index of each name.
         num_classes: ``K``.
         prob_thd: background threshold.
-        bg_idx: label of low-confidence pixels.
+        bg_idx: label of low-confidence pixels (a class index, or 254 = unclassified).
 
     Returns:
         ``(class_logits [K, H, W] float32 on the CPU, labels [H, W] uint8)`` with

@@ -226,7 +226,7 @@ class Segmentor:
             name_logits, name_presence = self.name_logits(view)
             presence = names_to_classes(name_presence[:, None, None], vocabulary.name_class, num_classes)
             class_logits, labels = finish(
-                name_logits, valid_np, vocabulary.name_class, num_classes, s.prob_thd, s.bg_idx
+                name_logits, valid_np, vocabulary.name_class, num_classes, s.prob_thd, s.low_score_label
             )
         return Prediction(
             labels=labels,

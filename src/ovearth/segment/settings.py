@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..constants import NODATA_LABEL
+from ..constants import MAX_CLASSES, NODATA_LABEL, UNCLASSIFIED_LABEL
 from ..errors import InputError
 from ..model.stages import PROMPT_FORMS
 from ..refine.registry import RefinePipeline, parse_refine
@@ -34,8 +34,10 @@ class SegmentSettings:
 
     Attributes:
         confidence_threshold: keep instance ``j`` when ``s_j > confidence_threshold``.
-        prob_thd: pixels whose best class logit is below this get ``bg_idx``.
-        bg_idx: label of low-confidence pixels.
+        prob_thd: pixels whose best class score is below this get :attr:`low_score_label`.
+        bg_idx: the class index low-score pixels get (a benchmark protocol's background
+            class), or None (free-form classes): they get :data:`UNCLASSIFIED_LABEL` (254),
+            which is never a class index nor nodata (255).
         slide_crop: sliding-window side in pixels (0: one view of the whole image).
         slide_stride: sliding-window step in pixels.
         use_instances: use the instance (transformer decoder) term.
@@ -64,7 +66,7 @@ class SegmentSettings:
 
     confidence_threshold: float = 0.5
     prob_thd: float = 0.0
-    bg_idx: int = 0
+    bg_idx: int | None = None
     slide_crop: int = 0
     slide_stride: int = 0
     use_instances: bool = True
@@ -89,6 +91,8 @@ class SegmentSettings:
                 raise InputError(f"{name} must be a number in [0, 1] (logits lie there), got {value!r}.")
         for name in ("bg_idx", "slide_crop", "slide_stride"):
             value = getattr(self, name)
+            if name == "bg_idx" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InputError(f"{name} must be an integer, got {value!r}.")
         if self.mode not in MODES:
@@ -103,8 +107,11 @@ class SegmentSettings:
             )
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'.")
-        if not 0 <= self.bg_idx < NODATA_LABEL:
-            raise InputError(f"bg_idx must be a class index in 0..254 (255 is nodata), got {self.bg_idx}.")
+        if self.bg_idx is not None and not 0 <= self.bg_idx < MAX_CLASSES:
+            raise InputError(
+                f"bg_idx must be a class index in 0..{MAX_CLASSES - 1} ({UNCLASSIFIED_LABEL} is "
+                f"unclassified, {NODATA_LABEL} nodata), got {self.bg_idx}."
+            )
         check_slide(self.slide_crop, self.slide_stride)
         if self.refine_at not in REFINE_AT:
             raise InputError(f"refine_at must be one of {', '.join(REFINE_AT)}, got '{self.refine_at}'.")
@@ -123,6 +130,11 @@ class SegmentSettings:
                 "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
                 "and so both consumers (use refine_for=both)."
             )
+
+    @property
+    def low_score_label(self) -> int:
+        """Label of valid pixels below ``prob_thd``: ``bg_idx``, or :data:`UNCLASSIFIED_LABEL` when None."""
+        return UNCLASSIFIED_LABEL if self.bg_idx is None else self.bg_idx
 
     @property
     def parsed_zoom(self) -> Zoom | None:
@@ -156,8 +168,13 @@ class SegmentSettings:
         self.check_classes(num_classes)
 
     def check_classes(self, num_classes: int) -> None:
-        """Raise InputError unless ``bg_idx`` is one of ``num_classes`` class indices."""
-        if self.bg_idx >= num_classes:
+        """Raise InputError unless ``bg_idx`` (when set) is one of ``num_classes`` class indices."""
+        if num_classes > MAX_CLASSES:
+            raise InputError(
+                f"{num_classes} classes is too many: labels are uint8 and {UNCLASSIFIED_LABEL} / "
+                f"{NODATA_LABEL} are reserved, so at most {MAX_CLASSES}."
+            )
+        if self.bg_idx is not None and self.bg_idx >= num_classes:
             raise InputError(
                 f"bg_idx {self.bg_idx} is not a class index: with {num_classes} classes use "
                 f"0..{num_classes - 1} (pixels below prob_thd get this label)."
