@@ -28,6 +28,7 @@ from ..model.load import LoadedModel
 from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, as_grid, as_tokens
 from ..refine.first_pass import first_pass
+from .instances import Instance, view_instances
 from .settings import SegmentSettings
 
 
@@ -38,6 +39,8 @@ def reference_view_logits(
     names: list[str],
     settings: SegmentSettings,
     pipeline: RefinePipeline | None = None,
+    sink: list[Instance] | None = None,
+    name_class: list[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-name logits of one view, computed the plain way.
 
@@ -51,6 +54,8 @@ def reference_view_logits(
             coarsest level of the vision features; at ``fusion`` through forward
             pre-hooks on the consumers it targets (``detr_decoder`` and/or
             ``mask_decoder``), so ``Sam3Model.forward`` itself is untouched.
+        sink: when a list, each kept query's instance (view coordinates) is added.
+        name_class: class index of each name (needed with ``sink``).
 
     Returns:
         ``([P, h, w] logits, [P] presence)``.
@@ -69,7 +74,7 @@ def reference_view_logits(
         vision.fpn_hidden_states = tuple(levels)
     geometry = geometry_prompt(model, vision) if settings.prompt_form == "meta" else None
     logits, presences = [], []
-    for name in names:
+    for index, name in enumerate(names):
         handles = []
         if refining and settings.refine_at == "fusion":
             grid = tuple(vision.fpn_hidden_states[2].shape[-2:])
@@ -91,7 +96,8 @@ def reference_view_logits(
                     )
                 )
         try:
-            logit, presence = _one_name(loaded, vision, name, geometry, size, settings)
+            found = None if sink is None else (sink, name_class[index])
+            logit, presence = _one_name(loaded, vision, name, geometry, size, settings, found)
         finally:
             for handle in handles:
                 handle.remove()
@@ -182,8 +188,12 @@ def _one_name(
     geometry: tuple[Tensor, Tensor] | None,
     size: tuple[int, int],
     settings: SegmentSettings,
+    found: tuple[list[Instance], int] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """SegEarth-OV3's rules for one name on ``Sam3Model.forward``'s outputs."""
+    """SegEarth-OV3's rules for one name on ``Sam3Model.forward``'s outputs.
+
+    ``found``: ``(sink, class index)``; each kept query's instance is added to the sink.
+    """
     device = vision.fpn_hidden_states[0].device
     out = name_forward(loaded, vision, name, geometry)
     presence = out.presence_logits[0, 0].sigmoid()
@@ -196,6 +206,8 @@ def _one_name(
                     out.pred_masks[:, j : j + 1], size=size, mode="bilinear", align_corners=False
                 )
                 logit = torch.maximum(logit, mask[0, 0].sigmoid() * scores[j])
+                if found is not None:
+                    found[0].extend(view_instances(mask[0], scores[j : j + 1], None, found[1], name))
     if settings.use_semantic:
         sem = F.interpolate(out.semantic_seg, size=size, mode="bilinear", align_corners=False)
         logit = torch.maximum(logit, sem[0, 0].sigmoid())

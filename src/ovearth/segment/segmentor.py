@@ -40,8 +40,10 @@ from .fusion import (
     instance_max_batched,
     kept_padded,
     names_to_classes,
+    resize,
     semantic_probs,
 )
+from .instances import Instance, deduplicate, restricted, shifted, view_instances
 from .reference import reference_view_logits
 from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, CUSTOM_REFINER, SegmentSettings
 from .vocabulary import Vocabulary
@@ -61,6 +63,8 @@ class Prediction:
         presence: ``[K]`` presence score per class (max over its names and the views).
         class_names: the ``K`` display names.
         valid: ``[H, W]`` bool, False where the input had no data.
+        instances: with ``predict(..., instances=True)``, SAM 3's kept objects (see
+            :mod:`ovearth.segment.instances`), deduplicated; else None.
 
     """
 
@@ -69,6 +73,7 @@ class Prediction:
     presence: Tensor
     class_names: list[str]
     valid: np.ndarray
+    instances: list[Instance] | None = None
 
 
 class Segmentor:
@@ -191,13 +196,17 @@ class Segmentor:
         other._held = self._held
         return other
 
-    def predict(self, image: np.ndarray | Tensor, valid: np.ndarray | None = None) -> Prediction:
+    def predict(
+        self, image: np.ndarray | Tensor, valid: np.ndarray | None = None, instances: bool = False
+    ) -> Prediction:
         """Segment one image.
 
         Args:
             image: ``[H, W, 3]`` uint8 RGB array (or a ``[3, H, W]`` uint8 tensor).
             valid: optional ``[H, W]`` bool mask, False on nodata pixels; they get label
                 255. An image without any valid pixel is not run through the model.
+            instances: also return SAM 3's kept objects (``Prediction.instances``); labels
+                and scores are the same either way.
 
         Returns:
             The :class:`Prediction`.
@@ -220,10 +229,12 @@ class Segmentor:
                 presence=torch.zeros(num_classes),
                 class_names=self.vocabulary.labels,
                 valid=valid_np,
+                instances=[] if instances else None,
             )
         s, vocabulary = self.settings, self.vocabulary
+        found: list[Instance] | None = [] if instances else None
         with torch.inference_mode():
-            name_logits, name_presence = self.name_logits(view)
+            name_logits, name_presence = self.name_logits(view, found)
             presence = names_to_classes(name_presence[:, None, None], vocabulary.name_class, num_classes)
             class_logits, labels = finish(
                 name_logits, valid_np, vocabulary.name_class, num_classes, s.prob_thd, s.low_score_label
@@ -234,14 +245,17 @@ class Segmentor:
             presence=presence[:, 0, 0].float().cpu(),
             class_names=self.vocabulary.labels,
             valid=valid_np,
+            instances=None if found is None else deduplicate(restricted(found, valid_np)),
         )
 
     @torch.inference_mode()
-    def name_logits(self, view: Tensor) -> tuple[Tensor, Tensor]:
+    def name_logits(self, view: Tensor, found: list[Instance] | None = None) -> tuple[Tensor, Tensor]:
         """Per-name logits of a whole image, averaged over its views (sliding windows, zoom regions).
 
         Args:
             view: ``[3, H, W]`` uint8 image.
+            found: when a list, the instances of every view are added to it (image
+                coordinates, not deduplicated).
 
         Returns:
             ``([P, H, W] logits, [P] presence)``; presence is the max over views.
@@ -259,10 +273,10 @@ class Segmentor:
         zoom = s.parsed_zoom
         skip = self.can_skip(windows, height, width)
         held = self._held if self._held is not None and self._held.key == image_digest(view) else None
-        self._add_views(view, windows, total, count, presence, skip, held)
+        self._add_views(view, windows, total, count, presence, skip, held, found)
         if zoom is not None:  # second pass: the least certain regions as extra views
             first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
-            self._add_views(view, choose_regions(first, zoom), total, count, presence, held=held)
+            self._add_views(view, choose_regions(first, zoom), total, count, presence, held=held, found=found)
         return total / count, presence
 
     def can_skip(self, windows: list[Window], height: int, width: int) -> bool:
@@ -285,16 +299,21 @@ class Segmentor:
         presence: Tensor,
         skip: bool = False,
         held: HeldImage | None = None,
+        found: list[Instance] | None = None,
     ) -> None:
         """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
         for start in range(0, len(windows), self.view_batch):
             batch = windows[start : start + self.view_batch]
             crops = [view[:, w.y1 : w.y2, w.x1 : w.x2] for w in batch]
             keys = None if held is None else [(w.y1, w.y2, w.x1, w.x2) for w in batch]
-            for window, (logits, pres) in zip(batch, self.crop_logits(crops, skip, keys, held), strict=True):
+            sinks = None if found is None else [[] for _ in batch]
+            results = self.crop_logits(crops, skip, keys, held, sinks)
+            for i, (window, (logits, pres)) in enumerate(zip(batch, results, strict=True)):
                 total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
                 torch.maximum(presence, pres, out=presence)
+                if sinks is not None:
+                    found.extend(shifted(one, window.y1, window.x1) for one in sinks[i])
 
     @torch.inference_mode()
     def crop_logits(
@@ -303,6 +322,7 @@ class Segmentor:
         skip: bool = False,
         keys: list[tuple] | None = None,
         held: HeldImage | None = None,
+        sinks: list[list[Instance]] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """Per-name logits of views run through the backbone together (no averaging).
 
@@ -313,6 +333,7 @@ class Segmentor:
             keys: with ``held``, one key per crop (its window): features found in
                 ``held`` are reused, the others computed and added (fast mode).
             held: the features kept by :meth:`set_image`.
+            sinks: one list per crop; each view's instances (view coordinates) are added.
 
         Returns:
             Per view ``([P, h, w] logits, [P] presence)``.
@@ -322,6 +343,7 @@ class Segmentor:
         dtype = self.stages.dtype
         device = self.stages.device
         crops = [crop.to(device) for crop in crops]
+        sinks = sinks if sinks is not None else [None] * len(crops)
         with self.autocast():
             if self.settings.mode == "reference":
                 names = self.vocabulary.names
@@ -333,8 +355,10 @@ class Segmentor:
                         names,
                         self.settings,
                         self.pipeline,
+                        sink,
+                        self.vocabulary.name_class,
                     )
-                    for crop in crops
+                    for crop, sink in zip(crops, sinks, strict=True)
                 ]
             use_held = held is not None and keys is not None
             todo = [i for i in range(len(crops)) if not (use_held and keys[i] in held.views)]
@@ -347,10 +371,13 @@ class Segmentor:
                 if use_held:
                     held.views.update({keys[i]: features for i, features in computed.items()})
             views = [computed[i] if i in computed else held.views[keys[i]] for i in range(len(crops))]
-            return [self._view_logits_fast(v, crop, skip) for v, crop in zip(views, crops, strict=True)]
+            return [
+                self._view_logits_fast(v, crop, skip, sink)
+                for v, crop, sink in zip(views, crops, sinks, strict=True)
+            ]
 
     def _view_logits_fast(
-        self, vision: VisionFeatures, crop: Tensor, skip: bool = False
+        self, vision: VisionFeatures, crop: Tensor, skip: bool = False, sink: list[Instance] | None = None
     ) -> tuple[Tensor, Tensor]:
         """All names of one view, in prompt batches: ``([P, h, w], [P])``."""
         s = self.settings
@@ -405,11 +432,17 @@ class Segmentor:
                 queries = selected.gather(1, index[..., None].expand(-1, -1, selected.shape[-1]))
                 masks = stages.instance_logits(pixel_embed, queries)
                 term[rows] = instance_max_batched(masks, weight, size)
+                if sink is not None:
+                    for j, b in enumerate(rows.tolist()):
+                        n = int((weight[j] > 0).sum())
+                        sink.extend(self._instances(resize(masks[j, :n], size), weight[j, :n], start + b))
             elif any(kept_any):
                 for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
                     if kept_any[b]:
                         masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
                         term[b] = instance_max(masks, scores[b][keep[b]], size)
+                        if sink is not None:
+                            sink.extend(self._instances(resize(masks, size), scores[b][keep[b]], start + b))
             if s.use_semantic:
                 semantic = semantic_probs(stages.semantic_logits(pixel_embed), size)
                 term[rows] = torch.maximum(term[rows], semantic)
@@ -417,6 +450,13 @@ class Segmentor:
                 term = term * presence[:, None, None].float()
             logits[chunk] = term
         return logits, presence_all
+
+    def _instances(self, mask_logits: Tensor, scores: Tensor, name_index: int) -> list[Instance]:
+        """Instances of name ``name_index`` in a view from its kept masks ``[K, h, w]`` and scores."""
+        vocabulary = self.vocabulary
+        return view_instances(
+            mask_logits, scores, None, vocabulary.name_class[name_index], vocabulary.names[name_index]
+        )
 
 
 @dataclass

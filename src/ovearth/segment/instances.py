@@ -1,0 +1,139 @@
+"""SAM 3's kept objects as instances: one per kept query of each name, deduplicated.
+
+SegEarth-OV3's fusion keeps only a semantic map; the queries it keeps (``s_j >
+confidence_threshold``, ``s_j = sigmoid(query logit) * presence``) are objects in their own
+right. An :class:`Instance` is such a query's mask thresholded at 0.5 (mask logit > 0 after
+the bilinear resize to the view, the same resize the instance term uses), on valid pixels,
+in image coordinates. The same object is often found by several views (overlapping
+windows) and by several names of one class (synonyms): :func:`deduplicate` keeps, per
+class, the higher-scoring of any two instances whose masks overlap with IoU > 0.5
+(greedy, by descending score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+#: Instances of one class whose masks overlap more than this are one object.
+DEDUP_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One object found by SAM 3.
+
+    Attributes:
+        class_index: the class of the name that found it.
+        name: the prompt name (a synonym of the class).
+        score: ``sigmoid(query logit) * presence`` of the query.
+        box: ``(x1, y1, x2, y2)`` in image pixels, end-exclusive: the mask's extent.
+        mask: ``[y2 - y1, x2 - x1]`` bool, the mask inside ``box``.
+
+    """
+
+    class_index: int
+    name: str
+    score: float
+    box: tuple[int, int, int, int]
+    mask: np.ndarray
+
+    @property
+    def pixels(self) -> int:
+        """Pixels in the mask."""
+        return int(self.mask.sum())
+
+    def full_mask(self, height: int, width: int) -> np.ndarray:
+        """The mask placed in a ``[height, width]`` bool image."""
+        out = np.zeros((height, width), bool)
+        x1, y1, x2, y2 = self.box
+        out[y1:y2, x1:x2] = self.mask
+        return out
+
+
+def from_mask(
+    mask: np.ndarray, class_index: int, name: str, score: float, offset: tuple[int, int] = (0, 0)
+) -> Instance | None:
+    """An :class:`Instance` from a ``[h, w]`` bool mask of a view at ``offset = (y, x)``.
+
+    Returns None for an empty mask.
+    """
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        return None
+    y1, y2 = int(rows.argmax()), int(len(rows) - rows[::-1].argmax())
+    x1, x2 = int(cols.argmax()), int(len(cols) - cols[::-1].argmax())
+    box = (x1 + offset[1], y1 + offset[0], x2 + offset[1], y2 + offset[0])
+    return Instance(class_index, name, float(score), box, mask[y1:y2, x1:x2].copy())
+
+
+def view_instances(
+    mask_logits: Tensor, scores: Tensor, valid: np.ndarray | None, class_index: int, name: str
+) -> list[Instance]:
+    """Instances of one name in one view.
+
+    Args:
+        mask_logits: ``[K, h, w]`` mask logits of the kept queries, resized to the view.
+        scores: ``[K]`` their scores.
+        valid: ``[h, w]`` bool (False on nodata), or None.
+        class_index: the name's class.
+        name: the prompt name.
+
+    Returns:
+        One :class:`Instance` per query whose mask (logit > 0 on valid pixels) is not empty,
+        in view coordinates.
+
+    """
+    masks = (mask_logits > 0).cpu().numpy()
+    if valid is not None:
+        masks &= valid[None]
+    found = (from_mask(m, class_index, name, float(s)) for m, s in zip(masks, scores.tolist(), strict=True))
+    return [i for i in found if i is not None]
+
+
+def shifted(instance: Instance, dy: int, dx: int) -> Instance:
+    """The instance moved by ``(dy, dx)`` pixels (view -> image coordinates)."""
+    x1, y1, x2, y2 = instance.box
+    box = (x1 + dx, y1 + dy, x2 + dx, y2 + dy)
+    return Instance(instance.class_index, instance.name, instance.score, box, instance.mask)
+
+
+def restricted(instances: list[Instance], valid: np.ndarray) -> list[Instance]:
+    """The instances with their masks cut to ``valid`` ``[H, W]`` pixels (empty ones dropped)."""
+    out = []
+    for one in instances:
+        x1, y1, x2, y2 = one.box
+        cut = from_mask(one.mask & valid[y1:y2, x1:x2], one.class_index, one.name, one.score, (y1, x1))
+        if cut is not None:
+            out.append(cut)
+    return out
+
+
+def mask_iou(a: Instance, b: Instance) -> float:
+    """Intersection over union of two instances' masks (0 when their boxes do not overlap)."""
+    x1, y1 = max(a.box[0], b.box[0]), max(a.box[1], b.box[1])
+    x2, y2 = min(a.box[2], b.box[2]), min(a.box[3], b.box[3])
+    if x1 >= x2 or y1 >= y2:
+        return 0.0
+    part_a = a.mask[y1 - a.box[1] : y2 - a.box[1], x1 - a.box[0] : x2 - a.box[0]]
+    part_b = b.mask[y1 - b.box[1] : y2 - b.box[1], x1 - b.box[0] : x2 - b.box[0]]
+    inter = int(np.logical_and(part_a, part_b).sum())
+    union = a.pixels + b.pixels - inter
+    return inter / union if union else 0.0
+
+
+def deduplicate(instances: list[Instance], iou: float = DEDUP_IOU) -> list[Instance]:
+    """Per class, drop an instance whose mask IoU with a higher-scoring kept one exceeds ``iou``.
+
+    Returns the kept instances by class, then descending score (ties: the earlier one).
+    """
+    kept: list[Instance] = []
+    order = sorted(range(len(instances)), key=lambda i: (instances[i].class_index, -instances[i].score, i))
+    for i in order:
+        candidate = instances[i]
+        same = (k for k in kept if k.class_index == candidate.class_index)
+        if all(mask_iou(candidate, k) <= iou for k in same):
+            kept.append(candidate)
+    return kept
