@@ -83,7 +83,8 @@ def test_instances_are_the_kept_masks_above_one_half(tiny, low_threshold):
 def test_fast_and_reference_find_the_same_instances(tiny, low_threshold):
     image = make_image(7, 90, 110)
     fast = Segmentor(tiny, "water;forest,tree", **low_threshold).predict(image, instances=True)
-    ref = Segmentor(tiny, "water;forest,tree", mode="reference", **low_threshold).predict(image, instances=True)
+    reference = Segmentor(tiny, "water;forest,tree", mode="reference", **low_threshold)
+    ref = reference.predict(image, instances=True)
     assert len(fast.instances) == len(ref.instances) > 0
     for a, b in zip(fast.instances, ref.instances, strict=True):
         assert (a.class_index, a.name) == (b.class_index, b.name)
