@@ -134,7 +134,7 @@ def vectorize(
         score_src = stack.enter_context(_open(scores, "scores")) if scores is not None else None
         if score_src is not None:
             _check_scores(score_src, src, len(table.names))
-        pixel_area, unit = _pixel_area_m2(src)
+        pixel_area, unit = pixel_area_m2(src.crs, src.transform)
         regions = [
             r
             for r in _regions(src, score_src, len(table.names), strip_rows)
@@ -195,21 +195,21 @@ def _geometries(polygons: list, transform, unit: float | None, simplify: float) 
         geoms = shapely.segmentize(geoms, 1.0)  # a vertex on every pixel corner: shared edges match
         if unit is None:  # tolerance in pixels
             geoms = shapely.coverage_simplify(geoms, simplify)
-    geoms = _apply(transform, geoms)
+    geoms = to_crs_coordinates(transform, geoms)
     if simplify > 0 and unit is not None and len(geoms):  # tolerance in metres -> CRS units
         geoms = shapely.coverage_simplify(geoms, simplify / unit)
     return geoms
 
 
-def _pixel_area_m2(src) -> tuple[float | None, float | None]:
+def pixel_area_m2(crs, transform) -> tuple[float | None, float | None]:
     """Pixel area in square metres and the CRS's metres per unit; (None, None) unless projected."""
-    if src.crs is None or not src.crs.is_projected:
+    if crs is None or not crs.is_projected:
         return None, None
-    unit = float(src.crs.linear_units_factor[1])
-    return abs(src.transform.determinant) * unit * unit, unit
+    unit = float(crs.linear_units_factor[1])
+    return abs(transform.determinant) * unit * unit, unit
 
 
-def _apply(transform, geoms: np.ndarray) -> np.ndarray:
+def to_crs_coordinates(transform, geoms: np.ndarray) -> np.ndarray:
     """Pixel corners (column, row) -> CRS coordinates (the same corner always maps alike)."""
     t = transform
 
