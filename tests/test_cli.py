@@ -36,9 +36,12 @@ def test_segment_geotiff_keeps_georeferencing(monkeypatch, capsys, tmp_path, tin
         assert (labels.width, labels.height) == (src.width, src.height)
         values = labels.read(1)
         nodata = src.dataset_mask() == 0
-        assert (values[nodata] == 255).all() and (values[~nodata] < 3).all()
-    with rasterio.open(out / "RGB.byte_probs.tif") as probs:
-        assert probs.descriptions == ("water", "land", "cloud") and probs.crs == src.crs
+        assert (values[nodata] == 255).all() and np.isin(values[~nodata], [0, 1, 2, 254]).all()
+    with rasterio.open(out / "RGB.byte_scores.tif") as scores:
+        assert scores.descriptions == ("water", "land", "cloud") and scores.crs == src.crs
+        best = np.nan_to_num(scores.read(), nan=-1).max(axis=0)
+        # below --prob-thd: 254 (unclassified), never a class index; at or above: a class
+        assert ((values == 254) == (~nodata & (best < 0.2))).all() and (values == 254).any()
     assert Image.open(out / "RGB.byte_overlay.png").width > src.width  # legend panel added
     record = json.loads((out / "run.json").read_text())
     assert record["settings"]["prob_thd"] == 0.2 and record["classes"] == "water,sea;land;cloud"

@@ -5,7 +5,8 @@ import pytest
 import rasterio
 
 from ovearth.data.atomic import atomic_path
-from ovearth.data.raster import check_image, parse_bands, read_image, to_uint8, write_labels, write_probs
+from ovearth.data.legend import ClassTable
+from ovearth.data.raster import check_image, parse_bands, read_image, to_uint8, write_labels, write_scores
 from ovearth.errors import InputError
 from ovearth.viz import palette
 
@@ -74,8 +75,8 @@ def test_corrupt_pixels_and_unsupported_files(samples, tmp_path):
 def test_labels_keep_crs_transform_and_nodata(samples, tmp_path):
     image = read_image(samples / "RGB.byte.tif")
     labels = np.where(image.valid, 1, 255).astype(np.uint8)
-    write_labels(tmp_path / "l.tif", labels, image, palette(3))
-    write_probs(tmp_path / "p.tif", np.zeros((3, *labels.shape), np.float32), ["a", "b", "c"], image)
+    write_labels(tmp_path / "l.tif", labels, image, ClassTable.build(["a", "b", "c"], palette(3), False))
+    write_scores(tmp_path / "p.tif", np.zeros((3, *labels.shape), np.float32), ["a", "b", "c"], image)
     with rasterio.open(tmp_path / "l.tif") as out, rasterio.open(samples / "RGB.byte.tif") as src:
         assert out.crs == src.crs and out.transform == src.transform and out.nodata == 255
         assert np.array_equal(out.read(1), labels) and out.colormap(1)[1][:3] == tuple(palette(3)[1])

@@ -16,7 +16,7 @@ from ovearth.data import scene as scene_io
 from ovearth.data.raster import read_image
 from ovearth.data.scene import SceneReader
 from ovearth.errors import InputError
-from ovearth.run.files import segment_file
+from ovearth.run.files import FileOptions, segment_file
 from ovearth.run.scene import window_rows
 from ovearth.segment.windows import views_for
 
@@ -48,7 +48,7 @@ def write_scene(path: Path, height: int, width: int, dtype: str = "uint16", hole
 
 
 def read_outputs(paths: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-    with rasterio.open(paths["labels"]) as labels, rasterio.open(paths["probs"]) as probs:
+    with rasterio.open(paths["labels"]) as labels, rasterio.open(paths["scores"]) as probs:
         where = {"crs": labels.crs, "transform": labels.transform}
         return labels.read(1), probs.read(), labels.profile | where
 
@@ -60,10 +60,14 @@ def read_outputs(paths: dict) -> tuple[np.ndarray, np.ndarray, dict]:
 def test_windowed_scene_equals_whole_image(tiny, tmp_path, crop, stride, skip):
     path = write_scene(tmp_path / "scene.tif", 700, 600)
     seg = Segmentor(tiny, CLASSES, slide_crop=crop, slide_stride=stride, prob_thd=0.3, skip_absent=skip)
-    whole, whole_paths = segment_file(seg, path, tmp_path / "whole", probs=True, windowed=False)
+    whole, whole_paths = segment_file(seg, path, tmp_path / "whole", FileOptions(scores=True, windowed=False))
     calls = []
     result, paths = segment_file(
-        seg, path, tmp_path / "windows", probs=True, windowed=True, on_view=lambda d, t: calls.append((d, t))
+        seg,
+        path,
+        tmp_path / "windows",
+        FileOptions(scores=True, windowed=True),
+        on_view=lambda d, t: calls.append((d, t)),
     )
     labels_w, probs_w, profile_w = read_outputs(whole_paths)
     labels_s, probs_s, profile_s = read_outputs(paths)
@@ -71,14 +75,16 @@ def test_windowed_scene_equals_whole_image(tiny, tmp_path, crop, stride, skip):
     np.testing.assert_array_equal(probs_s, probs_w)  # NaN on nodata in both
     assert (labels_s == 255).sum() == (700 // 3) * (600 // 4)
     assert profile_s["crs"] == profile_w["crs"] and profile_s["transform"] == profile_w["transform"]
-    assert profile_s["tiled"] and profile_s["blockxsize"] == 256 and profile_s["compress"] == "deflate"
+    assert profile_s["tiled"] and profile_s["blockxsize"] == 512 and profile_s["compress"] == "deflate"
     assert calls[-1] == (result.views, result.views) == (len(calls), len(calls))
     # disjoint windows wholly inside the 233 x 150 nodata rectangle are not run: rows 0-1, column 0
     assert result.skipped_views == (2 if crop == stride else 0)
     assert sorted(p.name for p in (tmp_path / "windows").iterdir()) == [
+        "scene_labels.qml",
         "scene_labels.tif",
+        "scene_labels.tif.aux.xml",
         "scene_overlay.png",
-        "scene_probs.tif",
+        "scene_scores.tif",
     ]
     if not result.skipped_views:  # the same views, so the same presence
         np.testing.assert_array_equal(result.presence.numpy(), whole.presence.numpy())
@@ -115,10 +121,10 @@ def test_window_rows_keep_the_order():
 def test_windowed_needs_sliding_windows_and_no_zoom(tiny, tmp_path):
     path = write_scene(tmp_path / "scene.tif", 300, 300)
     with pytest.raises(InputError, match="needs sliding windows"):
-        segment_file(Segmentor(tiny, CLASSES), path, tmp_path / "o", windowed=True)
+        segment_file(Segmentor(tiny, CLASSES), path, tmp_path / "o", FileOptions(windowed=True))
     seg = Segmentor(tiny, CLASSES, slide_crop=100, slide_stride=100, zoom="k=1,scale=2")
     with pytest.raises(InputError, match="zoom"):
-        segment_file(seg, path, tmp_path / "o", windowed=True)
+        segment_file(seg, path, tmp_path / "o", FileOptions(windowed=True))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
@@ -131,7 +137,7 @@ def test_failure_mid_scene_leaves_no_output(tiny, tmp_path):
             raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):
-        segment_file(seg, path, tmp_path / "o", probs=True, windowed=True, on_view=crash)
+        segment_file(seg, path, tmp_path / "o", FileOptions(scores=True, windowed=True), on_view=crash)
     assert list((tmp_path / "o").iterdir()) == []
 
 

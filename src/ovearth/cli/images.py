@@ -99,8 +99,45 @@ def segment(
     stretch: Annotated[
         str, typer.Option(help="8-bit scaling of non-uint8 rasters: percentile, minmax, none, or LOW,HIGH.")
     ] = "percentile",
-    probs: Annotated[
-        bool, typer.Option("--probs", help="Also write per-class logits (<stem>_probs.tif).")
+    scores: Annotated[
+        bool,
+        typer.Option(
+            "--scores",
+            "--probs",
+            help="Also write the fused class scores (<stem>_scores.tif: float32 in [0, 1], one band per "
+            "class, NaN on nodata; --probs is the old name).",
+        ),
+    ] = False,
+    cog: Annotated[
+        bool,
+        typer.Option(
+            "--cog/--no-cog", help="Cloud-Optimized GeoTIFFs with overviews (default), or plain tiles."
+        ),
+    ] = True,
+    vector: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write the labels as polygons, one per connected region: gpkg, geojson or parquet "
+            "(<stem>_labels.<format>; parquet needs ovearth[parquet])."
+        ),
+    ] = None,
+    min_area: Annotated[
+        float,
+        typer.Option(help="Drop polygons smaller than this (square metres; pixels without a projection)."),
+    ] = 0.0,
+    simplify: Annotated[
+        float,
+        typer.Option(
+            help="Simplify polygons by this tolerance (metres; pixels without a projection); 0: exact."
+        ),
+    ] = 0.0,
+    objects: Annotated[
+        bool,
+        typer.Option(
+            "--objects",
+            help="Also write SAM 3's kept objects as polygons with class, name, score and box "
+            "(<stem>_objects.<--vector format, default gpkg>), deduplicated across windows.",
+        ),
     ] = False,
     windowed: Annotated[
         bool | None,
@@ -116,7 +153,7 @@ def segment(
     ] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Segment images; write labels, overlays and (with --probs) class logits into -o.
+    """Segment images; write labels, overlays and (as asked) scores, polygons and objects into -o.
 
     A run into a folder that holds an earlier run's outputs with the same settings reuses
     them (resume); under torchrun the images are shared among the processes.
@@ -130,7 +167,19 @@ def segment(
     settings = base.replace(**given_settings(locals()))
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
-    options = FileOptions(band_choice, stretch, probs, windowed, skip_bad=skip_bad, overwrite=overwrite)
+    options = FileOptions(
+        band_choice,
+        stretch,
+        scores,
+        windowed,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        cog=cog,
+        vector=vector or "",
+        min_area=min_area,
+        simplify=simplify,
+        objects=objects,
+    )
     headers, skipped = check_files(collect_images(images, output), options)  # before the model loads
 
     from ..segment.segmentor import Segmentor

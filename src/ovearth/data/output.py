@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
+from .describe import SIDECAR_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 #: stems of the files ``segment`` writes for an input ``<stem>``: never inputs themselves
-OUTPUT_STEM_ENDINGS = ("_labels", "_overlay", "_probs")
+#: (``_probs``: the scores raster's name before ``_scores``, still skipped in old folders)
+OUTPUT_STEM_ENDINGS = ("_labels", "_overlay", "_scores", "_probs")
 
 
 def check_output_dir(path: str | Path) -> Path:
@@ -38,8 +40,18 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def is_own_output(file: Path) -> bool:
-    """Whether ``file`` is named like an output of ``segment`` (``<stem>_labels.tif`` and so on)."""
-    return Path(file).stem.endswith(OUTPUT_STEM_ENDINGS)
+    """Whether ``file`` is named like an output of ``segment``.
+
+    That is ``<stem>_labels.tif``, ``_overlay.png``, ``_scores.tif`` and so on, and the
+    sidecars of a labels GeoTIFF (``<stem>_labels.tif.aux.xml``, ``<stem>_labels.qml``,
+    see :func:`~ovearth.data.describe.sidecar_paths`).
+    """
+    name = Path(file).name
+    for suffix in SIDECAR_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(name).stem.endswith(OUTPUT_STEM_ENDINGS)
 
 
 def remove_stale_parts(folder: str | Path) -> int:

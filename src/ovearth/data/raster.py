@@ -1,4 +1,4 @@
-"""Read images (GeoTIFF, PNG, JPEG) as 8-bit RGB, and write label and probability rasters.
+"""Read images (GeoTIFF, PNG, JPEG) as 8-bit RGB, and write labels and class-score rasters.
 
 Band choice: ``bands`` (1-based, e.g. ``(3, 2, 1)``) when given; else the bands whose
 colour interpretation is red, green and blue; else bands 1, 2, 3. A raster with fewer
@@ -14,6 +14,10 @@ uint8 data is never rescaled.
 Validity: the raster's dataset mask (nodata value, alpha band or internal mask), and
 for floats also non-finite values. PNG and JPEG are decoded with Pillow, as the
 benchmark pipelines do, and carry no georeferencing.
+
+Writing (:func:`write_labels`, :func:`write_scores`; by windows with
+:class:`~ovearth.data.scene.SceneWriter`): Cloud-Optimized GeoTIFFs by default
+(:mod:`ovearth.data.cog`) that describe themselves (:mod:`ovearth.data.describe`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from PIL import Image
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
-from ..constants import NODATA_LABEL
 from ..errors import InputError
 from .atomic import atomic_path
+from .describe import open_labels, open_scores, palette_png, png_alpha, write_sidecars
+from .legend import ClassTable
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -353,83 +358,54 @@ def apply_stretch(data: np.ndarray, limits: list[tuple[float, float]]) -> np.nda
     return out
 
 
-def label_colormap(colors: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
-    """GeoTIFF colour table: class ``k`` -> its colour, 255 (nodata) -> transparent."""
-    table = {int(k): (*map(int, c), 255) for k, c in enumerate(colors)}
-    table[NODATA_LABEL] = (0, 0, 0, 0)
-    return table
+def write_labels(
+    path: str | Path, labels: np.ndarray, image: RasterImage, table: ClassTable, cog: bool = True
+) -> None:
+    """Write class labels: a GeoTIFF keeping CRS and transform, else a palette PNG; atomically.
 
-
-def write_labels(path: str | Path, labels: np.ndarray, image: RasterImage, colors: np.ndarray) -> None:
-    """Write class labels: a GeoTIFF keeping CRS and transform, else a palette PNG.
+    The GeoTIFF (a Cloud-Optimized GeoTIFF unless ``cog`` is False, see
+    :mod:`ovearth.data.cog`) has nodata 255, the colour table of ``table``, the band
+    description ``class`` and the table as tags; its GDAL and QGIS sidecars are written
+    beside it (:mod:`ovearth.data.describe`). The PNG's palette is ``table``'s colours,
+    value 255 transparent.
 
     Args:
         path: output file (``.tif`` for georeferenced input, ``.png`` otherwise).
-        labels: ``[H, W]`` uint8; 255 marks nodata.
+        labels: ``[H, W]`` uint8 class indices; 254 unclassified, 255 nodata.
         image: the source image (georeferencing).
-        colors: ``[K, 3]`` uint8 colour of each class (written as the colour table).
+        table: names and colours of the values.
+        cog: COG layout (tiles 512, overviews); False: plain tiled GeoTIFF.
 
     """
+    path = Path(path)
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        with atomic_path(path) as temp:
+            palette_png(labels, table).save(temp, format="PNG", transparency=png_alpha(table))
+        return
     with atomic_path(path) as temp:
-        if Path(path).suffix.lower() in RASTER_SUFFIXES:
-            profile = geotiff_profile(labels.shape, 1, "uint8", image.crs, image.transform)
-            with rasterio.open(temp, "w", nodata=NODATA_LABEL, **profile) as out:
-                out.write(labels, 1)
-                out.write_colormap(1, label_colormap(colors))
-        else:
-            picture = Image.fromarray(labels, mode="P")
-            flat = np.zeros((256, 3), np.uint8)
-            flat[: len(colors)] = colors
-            picture.putpalette(flat.ravel().tolist())
-            picture.save(temp, format="PNG")
+        with open_labels(temp, labels.shape, table, image.crs, image.transform, cog) as out:
+            out.write(labels, 1)
+        write_sidecars(path, table)
 
 
-def write_probs(path: str | Path, probs: np.ndarray, names: list[str], image: RasterImage) -> None:
-    """Write class logits as a float32 GeoTIFF, one band per class named after it.
+def write_scores(
+    path: str | Path, scores: np.ndarray, names: list[str], image: RasterImage, cog: bool = True
+) -> None:
+    """Write fused class scores as a float32 GeoTIFF, one band per class named after it; atomically.
 
     Args:
         path: output ``.tif``.
-        probs: ``[K, H, W]`` float32.
-        names: ``K`` band descriptions.
+        scores: ``[K, H, W]`` class scores in ``[0, 1]``, NaN where the input has no data.
+        names: the ``K`` class names (band descriptions).
         image: the source image (georeferencing, if any).
+        cog: COG layout (see :func:`write_labels`).
+
+    Raises:
+        ValueError: not one name per class.
 
     """
+    if len(names) != len(scores):
+        raise ValueError(f"{len(names)} class names for {len(scores)} score bands")
     with atomic_path(path) as temp:
-        profile = geotiff_profile(probs.shape[1:], probs.shape[0], "float32", image.crs, image.transform)
-        with rasterio.open(temp, "w", **profile) as out:
-            out.write(probs.astype(np.float32))
-            for band, name in enumerate(names, start=1):
-                out.set_band_description(band, name)
-
-
-#: Tile side of written GeoTIFFs.
-GEOTIFF_BLOCK = 256
-
-
-def geotiff_profile(
-    shape: tuple[int, ...],
-    count: int,
-    dtype: str,
-    crs: rasterio.crs.CRS | None = None,
-    transform: rasterio.Affine | None = None,
-) -> dict:
-    """Creation options of our GeoTIFFs.
-
-    Deflate, 256 x 256 tiles (when the raster is that large), BigTIFF when the file
-    could pass 4 GB, and the georeferencing if any.
-    """
-    height, width = int(shape[0]), int(shape[1])
-    profile = dict(
-        driver="GTiff",
-        height=height,
-        width=width,
-        count=count,
-        dtype=dtype,
-        compress="deflate",
-        BIGTIFF="IF_SAFER",
-    )
-    if height >= GEOTIFF_BLOCK and width >= GEOTIFF_BLOCK:
-        profile.update(tiled=True, blockxsize=GEOTIFF_BLOCK, blockysize=GEOTIFF_BLOCK)
-    if crs is not None:
-        profile.update(crs=crs, transform=transform)
-    return profile
+        with open_scores(temp, scores.shape[1:], names, image.crs, image.transform, cog) as out:
+            out.write(scores.astype(np.float32, copy=False))

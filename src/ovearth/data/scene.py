@@ -7,30 +7,30 @@ raster order, with ``step`` from the scene's valid count (two streaming passes o
 raster; no pass at all for uint8 data or fixed rules). Windows read through it therefore
 equal the same windows cut from the whole image.
 
-:class:`SceneWriter` writes labels (and optionally class logits) as tiled, deflate
-GeoTIFFs, rows at a time, into temporary files that are renamed onto the outputs only
-when the whole scene is written.
+:class:`SceneWriter` writes labels (and optionally class scores) rows at a time into tiled
+GeoTIFFs beside the outputs; when the whole scene is written they are finished as
+Cloud-Optimized GeoTIFFs (:mod:`ovearth.data.cog`) and only then renamed onto the outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window as RasterWindow
 
-from ..constants import NODATA_LABEL
 from ..errors import InputError
 from .atomic import atomic_path
+from .describe import open_labels, open_scores, write_sidecars
+from .legend import ClassTable
 from .raster import (
     RASTER_SUFFIXES,
     ImageHeader,
     apply_stretch,
     check_image,
-    geotiff_profile,
-    label_colormap,
     needs_statistics,
     read_bands,
     sample_step,
@@ -138,17 +138,23 @@ class SceneReader:
 
 
 class SceneWriter:
-    """Labels (and optionally logits) of a scene, written as tiled GeoTIFFs rows at a time.
+    """Labels (and optionally class scores) of a scene, written rows at a time with bounded memory.
 
-    Use as a context manager: outputs appear at their final paths only if the block
-    exits without an exception.
+    Use as a context manager. The rows go into plain tiled GeoTIFFs beside the outputs;
+    at a clean exit both are finished (overviews, COG copy: :mod:`ovearth.data.cog`),
+    the labels' sidecars are written (:mod:`ovearth.data.describe`), and only then are
+    the outputs renamed onto their paths. On an exception nothing appears and every
+    temporary file is removed. GDAL's block cache stays within :data:`GDAL_CACHE_MB`
+    throughout, the finishing steps included.
 
     Args:
-        labels_path: the uint8 labels GeoTIFF (255 = nodata, colour table).
+        labels_path: the uint8 labels GeoTIFF (255 nodata, 254 unclassified; colour table,
+            class names).
         reader: the scene (size and georeferencing).
-        colors: ``[K, 3]`` uint8 class colours.
-        probs_path: optional float32 logits GeoTIFF, one band per class.
-        names: band descriptions of the logits file.
+        table: names and colours of the label values.
+        scores_path: optional float32 class-scores GeoTIFF, one band per class, NaN nodata.
+        names: band descriptions of the scores (default: the class names of ``table``).
+        cog: Cloud-Optimized GeoTIFFs (default); False: plain tiled GeoTIFFs.
 
     """
 
@@ -156,24 +162,26 @@ class SceneWriter:
         self,
         labels_path: Path,
         reader: SceneReader,
-        colors: np.ndarray,
-        probs_path: Path | None = None,
+        table: ClassTable,
+        scores_path: Path | None = None,
         names: list[str] | None = None,
+        cog: bool = True,
     ) -> None:
         self._stack = contextlib.ExitStack()
         shape = (reader.height, reader.width)
-        self._probs = None
+        where = dict(crs=reader.crs, transform=reader.transform, cog=cog)
+        self._scores = None
         try:
-            temp = self._stack.enter_context(atomic_path(labels_path))
-            profile = geotiff_profile(shape, 1, "uint8", reader.crs, reader.transform)
-            self._labels = self._stack.enter_context(rasterio.open(temp, "w", nodata=NODATA_LABEL, **profile))
-            self._labels.write_colormap(1, label_colormap(colors))
-            if probs_path is not None:
-                temp = self._stack.enter_context(atomic_path(probs_path))
-                profile = geotiff_profile(shape, len(names or []), "float32", reader.crs, reader.transform)
-                self._probs = self._stack.enter_context(rasterio.open(temp, "w", **profile))
-                for band, name in enumerate(names or [], start=1):
-                    self._probs.set_band_description(band, name)
+            stack = self._stack
+            stack.enter_context(bounded_gdal_cache())
+            # entered in this order, left in reverse: finish both files, write the sidecars, then rename
+            labels_temp = stack.enter_context(atomic_path(labels_path))
+            scores_temp = stack.enter_context(atomic_path(scores_path)) if scores_path is not None else None
+            stack.enter_context(_on_success(write_sidecars, labels_path, table))
+            self._labels = stack.enter_context(open_labels(labels_temp, shape, table, **where))
+            if scores_temp is not None:
+                bands = list(table.names) if names is None else names
+                self._scores = stack.enter_context(open_scores(scores_temp, shape, bands, **where))
         except BaseException as error:  # remove what was opened, as a failed write would
             self._stack.__exit__(type(error), error, error.__traceback__)
             raise
@@ -182,12 +190,18 @@ class SceneWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # closing the datasets flushes them; the atomic paths then rename (or remove on error)
         self._stack.__exit__(*exc)
 
-    def write_rows(self, y1: int, labels: np.ndarray, logits: np.ndarray | None = None) -> None:
-        """Write ``[h, W]`` labels (and ``[K, h, W]`` logits) at rows ``y1 .. y1 + h``."""
+    def write_rows(self, y1: int, labels: np.ndarray, scores: np.ndarray | None = None) -> None:
+        """Write ``[h, W]`` labels (and ``[K, h, W]`` scores, NaN on nodata) at rows ``y1 .. y1 + h``."""
         window = RasterWindow(0, y1, labels.shape[1], labels.shape[0])
         self._labels.write(labels, 1, window=window)
-        if self._probs is not None and logits is not None:
-            self._probs.write(logits.astype(np.float32), window=window)
+        if self._scores is not None and scores is not None:
+            self._scores.write(scores.astype(np.float32, copy=False), window=window)
+
+
+@contextlib.contextmanager
+def _on_success(action: Callable[..., object], *args: object) -> Iterator[None]:
+    """Call ``action(*args)`` when the block exits without an exception."""
+    yield
+    action(*args)

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from ..data.atomic import atomic_path
 from ..data.datasets import Sample, SegmentationDataset
+from ..data.legend import ClassTable
 from ..data.output import remove_stale_parts
 from ..data.raster import write_labels
 from ..metrics import compute_metrics, confusion_matrix
@@ -243,7 +244,8 @@ def _evaluate_one(
     prediction = segmentor.predict(image.rgb, valid=image.valid)
     if options.save_predictions:
         target = out / "predictions" / f"{sample.name}.png"
-        write_labels(target, prediction.labels, image, palette(len(segmentor.vocabulary)))  # .png: no georef
+        table = ClassTable.build(prediction.class_names, palette(len(segmentor.vocabulary)), False)
+        write_labels(target, prediction.labels, image, table)  # .png: no georef
     return confusion_matrix(
         prediction.labels, label, len(segmentor.vocabulary), dataset.protocol.ignore_index
     )

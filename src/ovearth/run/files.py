@@ -2,12 +2,15 @@
 
 For an input ``<stem>.<ext>``, :func:`segment_file` writes into ``out_dir``:
 
-* ``<stem>_labels.tif`` (georeferenced input: GeoTIFF with the input's CRS and
-  transform, uint8 class indices, 255 = nodata, colour table) or ``<stem>_labels.png``
-  (palette PNG) for input without georeferencing;
+* ``<stem>_labels.tif`` (georeferenced input: a Cloud-Optimized GeoTIFF with the input's
+  CRS and transform, uint8 class indices, 254 = unclassified, 255 = nodata, colour table,
+  class table; side files ``.tif.aux.xml`` and ``.qml`` with the class names) or
+  ``<stem>_labels.png`` (palette PNG) for input without georeferencing;
 * ``<stem>_overlay.png``: class colours over the image, with a legend;
-* with ``probs=True``, ``<stem>_probs.tif``: one float32 band per class (its logit),
-  band descriptions = class names.
+* as :class:`FileOptions` asks: ``<stem>_scores.tif`` (one float32 band per class, the
+  fused score, NaN on nodata), ``<stem>_labels.<gpkg|geojson|parquet>`` (one polygon per
+  region, :mod:`ovearth.data.vectorize`) and ``<stem>_objects.<format>`` (SAM 3's kept
+  objects, :mod:`ovearth.data.objects`).
 
 GeoTIFFs larger than :data:`WINDOWED_PIXELS` (or any, with ``windowed=True``) are read
 and written by windows (:mod:`ovearth.run.scene`): same outputs, bounded memory, the
@@ -18,11 +21,20 @@ Every file is written atomically: a failure leaves no partial output.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..constants import UNCLASSIFIED_LABEL
 from ..data.atomic import atomic_path
+from ..data.describe import sidecar_paths
+from ..data.legend import ClassTable
+from ..data.objects import write_objects
 from ..data.output import is_own_output
 from ..data.raster import (
     IMAGE_SUFFIXES,
@@ -30,12 +42,16 @@ from ..data.raster import (
     ImageHeader,
     RasterImage,
     check_image,
+    parse_stretch,
     read_image,
     write_labels,
-    write_probs,
+    write_scores,
 )
+from ..data.vector_io import VECTOR_SUFFIXES
+from ..data.vectorize import vectorize
 from ..errors import InputError
 from ..segment.fusion import scores_for_writing
+from ..segment.instances import Instance
 from ..segment.segmentor import Prediction, Segmentor
 from ..viz import overlay, palette
 from .scene import WINDOWED_PIXELS, SceneResult, segment_scene
@@ -49,7 +65,7 @@ def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = No
     Folders contribute their GeoTIFF, PNG and JPEG files (not recursive), sorted; hidden
     files (``.DS_Store``, ``._scene.tif``, temporary ``.*.part`` files) are skipped, and so,
     in a folder that is also the output folder ``out_dir``, are ``segment``'s own outputs
-    (``<stem>_labels``, ``_overlay``, ``_probs``), so a second run does not segment them.
+    (``<stem>_labels``, ``_overlay``, ``_scores``...), so a second run does not segment them.
 
     Raises:
         InputError: a path that does not exist, a folder without images, or no input.
@@ -85,14 +101,79 @@ def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = No
     return files
 
 
-def output_paths(image: Path, out_dir: Path, georeferenced: bool, probs: bool) -> dict[str, Path]:
-    """The files :func:`segment_file` writes for ``image``."""
-    paths = {
-        "labels": out_dir / f"{image.stem}_labels.{'tif' if georeferenced else 'png'}",
-        "overlay": out_dir / f"{image.stem}_overlay.png",
-    }
-    if probs:
-        paths["probs"] = out_dir / f"{image.stem}_probs.tif"
+#: formats of ``--vector``: the vector writer's suffixes without the dot
+VECTOR_FORMATS = tuple(suffix[1:] for suffix in VECTOR_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """How the files are read and what is written.
+
+    Attributes:
+        bands: 1-based GeoTIFF bands for R, G, B (None: the default rule).
+        stretch: 8-bit scaling rule of non-uint8 rasters.
+        scores: also write the per-class fused score raster (``<stem>_scores.tif``).
+        windowed: read and write by windows (None: automatic).
+        skip_bad: list bad inputs under ``skipped`` instead of stopping.
+        overwrite: recompute inputs whose outputs exist with the same key.
+        cog: GeoTIFFs as Cloud-Optimized GeoTIFFs with overviews (else plain tiles).
+        vector: ``""``, or the format of the labels' polygons: ``gpkg``, ``geojson``, ``parquet``.
+        min_area: polygons smaller than this are dropped (square metres; pixels unprojected).
+        simplify: polygon simplification tolerance (metres; pixels unprojected), 0: exact.
+        objects: also write SAM 3's kept objects as polygons (``<stem>_objects.<format>``).
+
+    """
+
+    bands: tuple[int, int, int] | None = None
+    stretch: str = "percentile"
+    scores: bool = False
+    windowed: bool | None = None
+    skip_bad: bool = False
+    overwrite: bool = False
+    cog: bool = True
+    vector: str = ""
+    min_area: float = 0.0
+    simplify: float = 0.0
+    objects: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the stretch rule and the vector options here, once, for every caller."""
+        parse_stretch(self.stretch)
+        if self.vector not in ("", *VECTOR_FORMATS):
+            raise InputError(f"--vector must be one of {', '.join(VECTOR_FORMATS)}, got '{self.vector}'.")
+        for name in ("min_area", "simplify"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}.")
+        if (self.min_area or self.simplify) and not self.vector:
+            raise InputError(
+                "--min-area and --simplify apply to polygons: add --vector gpkg (or geojson, parquet)."
+            )
+
+    @property
+    def object_format(self) -> str:
+        """Format of the objects layer: the ``vector`` format, else ``gpkg``."""
+        return self.vector or "gpkg"
+
+    def key_fields(self) -> dict[str, Any]:
+        """The options that change what is written (for the resume key)."""
+        fields = dataclasses.asdict(self)
+        for name in ("windowed", "skip_bad", "overwrite"):
+            fields.pop(name)
+        return fields
+
+
+def output_paths(image: Path, out_dir: Path, georeferenced: bool, options: FileOptions) -> dict[str, Path]:
+    """The files :func:`segment_file` writes for ``image`` (the labels' side files included)."""
+    labels = out_dir / f"{image.stem}_labels.{'tif' if georeferenced else 'png'}"
+    paths = {"labels": labels, **(sidecar_paths(labels) if georeferenced else {})}
+    paths["overlay"] = out_dir / f"{image.stem}_overlay.png"
+    if options.scores:
+        paths["scores"] = out_dir / f"{image.stem}_scores.tif"
+    if options.vector:
+        paths["polygons"] = out_dir / f"{image.stem}_labels.{options.vector}"
+    if options.objects:
+        paths["objects"] = out_dir / f"{image.stem}_objects.{options.object_format}"
     return paths
 
 
@@ -177,10 +258,7 @@ def segment_file(
     segmentor: Segmentor,
     path: str | Path,
     out_dir: str | Path,
-    bands: tuple[int, int, int] | None = None,
-    stretch: str = "percentile",
-    probs: bool = False,
-    windowed: bool | None = None,
+    options: FileOptions | None = None,
     on_view: Callable[[int, int], None] | None = None,
     header: ImageHeader | None = None,
 ) -> tuple[Prediction | SceneResult, dict[str, Path]]:
@@ -190,10 +268,7 @@ def segment_file(
         segmentor: the configured segmentor.
         path: image file.
         out_dir: output folder (created).
-        bands: 1-based bands for R, G, B (GeoTIFF).
-        stretch: 8-bit scaling rule (see :mod:`ovearth.data.raster`).
-        probs: also write the per-class logits.
-        windowed: read and write by windows (None: automatic, see :func:`use_windows`).
+        options: how the file is read and what is written (see :class:`FileOptions`).
         on_view: progress callback of windowed runs, ``on_view(done, total)``.
         header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
 
@@ -204,22 +279,74 @@ def segment_file(
         InputError: unreadable input.
 
     """
-    path = Path(path)
-    out = Path(out_dir)
-    if use_windows(path, segmentor, windowed, header):
-        paths = output_paths(path, out, georeferenced=True, probs=probs)
-        return segment_scene(segmentor, path, paths, bands, stretch, on_view, header), paths
-    image: RasterImage = read_image(path, bands=bands, stretch=stretch, header=header)
+    path, out = Path(path), Path(out_dir)
+    options = options or FileOptions()
+    names = segmentor.vocabulary.labels
+    unclassified = segmentor.settings.low_score_label == UNCLASSIFIED_LABEL
+    table = ClassTable.build(names, palette(len(names)), unclassified)
+    found: list[Instance] | None = [] if options.objects else None
+    if use_windows(path, segmentor, options.windowed, header):
+        paths = output_paths(path, out, True, options)
+        with _scores_for_polygons(paths, out) as scores:
+            written = {**paths, "scores": scores} if scores else paths
+            result = segment_scene(
+                segmentor, path, written, options.bands, options.stretch, on_view, header, options.cog, found
+            )
+            crs, transform = result.crs, result.transform
+            _write_vectors(paths, scores, table, crs, transform, found, options)
+        return result, paths
+    image: RasterImage = read_image(path, bands=options.bands, stretch=options.stretch, header=header)
     if not image.valid.any():
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", image.path)
-    prediction = segmentor.predict(image.rgb, valid=image.valid)
-    paths = output_paths(image.path, out, image.georeferenced, probs)
-    names = prediction.class_names
-    write_labels(paths["labels"], prediction.labels, image, palette(len(names)))
+    prediction = segmentor.predict(image.rgb, valid=image.valid, instances=options.objects)
+    paths = output_paths(image.path, out, image.georeferenced, options)
+    write_labels(paths["labels"], prediction.labels, image, table, cog=options.cog)
     with atomic_path(paths["overlay"]) as temp:
         overlay(image.rgb, prediction.labels, names).save(temp, format="PNG")
-    if probs:
-        write_probs(
-            paths["probs"], scores_for_writing(prediction.class_logits, prediction.valid), names, image
-        )
+    with _scores_for_polygons(paths, out) as scores:
+        if scores is not None:
+            values = scores_for_writing(prediction.class_logits, prediction.valid)
+            write_scores(scores, values, names, image, cog=options.cog and "scores" in paths)
+        _write_vectors(paths, scores, table, image.crs, image.transform, prediction.instances, options)
     return prediction, paths
+
+
+@contextlib.contextmanager
+def _scores_for_polygons(paths: dict[str, Path], out: Path) -> Iterator[Path | None]:
+    """Where the scores raster goes: its output path, a temporary file, or None.
+
+    A temporary one (removed afterwards) when only the polygons need it, for their ``mean_score``.
+    """
+    if "scores" in paths:
+        yield paths["scores"]
+    elif "polygons" in paths:
+        temp = out / f".{paths['labels'].stem}.scores-for-polygons.part.tif"
+        try:
+            yield temp
+        finally:
+            temp.unlink(missing_ok=True)
+    else:
+        yield None
+
+
+def _write_vectors(
+    paths: dict[str, Path],
+    scores: Path | None,
+    table: ClassTable,
+    crs,
+    transform,
+    instances: list[Instance] | None,
+    options: FileOptions,
+) -> None:
+    """The polygons of the labels and the objects layer, as asked."""
+    if "polygons" in paths:
+        vectorize(
+            paths["labels"],
+            paths["polygons"],
+            scores=scores,
+            table=table,
+            min_area=options.min_area,
+            simplify=options.simplify,
+        )
+    if "objects" in paths:
+        write_objects(paths["objects"], instances or [], list(table.names), crs, transform)

@@ -25,16 +25,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..constants import UNCLASSIFIED_LABEL
 from ..data.atomic import atomic_path
-from ..data.raster import GEOTIFF_BLOCK, ImageHeader
+from ..data.cog import GEOTIFF_BLOCK
+from ..data.legend import ClassTable
+from ..data.raster import ImageHeader
 from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
 from ..errors import InputError
+from ..model.preprocess import to_chw_uint8
 from ..segment.fusion import finish, names_to_classes, scores_for_writing
+from ..segment.instances import Instance, deduplicate, restricted, shifted
 from ..segment.segmentor import Segmentor
 from ..segment.windows import Window, tiles_without_overlap, views_for
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
@@ -55,6 +61,7 @@ class SceneResult:
         height, width: scene size.
         views: windows placed on the scene.
         skipped_views: windows not run because they hold no valid pixel (disjoint windows only).
+        crs, transform: the scene's georeferencing.
 
     """
 
@@ -64,6 +71,8 @@ class SceneResult:
     width: int
     views: int
     skipped_views: int
+    crs: Any = None
+    transform: Any = None
 
 
 def window_rows(windows: list[Window]) -> list[list[Window]]:
@@ -120,18 +129,23 @@ def segment_scene(
     stretch: str = "percentile",
     on_view: Callable[[int, int], None] | None = None,
     header: ImageHeader | None = None,
+    cog: bool = True,
+    found: list[Instance] | None = None,
 ) -> SceneResult:
-    """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"probs"``, ``"overlay"``).
+    """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"scores"``, ``"overlay"``).
 
     Args:
         segmentor: its settings must slide (``slide_crop > 0``) and not zoom.
         path: the GeoTIFF.
         paths: output files: ``labels`` (GeoTIFF), ``overlay`` (PNG quick-look, longest
-            side at most :data:`MAX_OVERLAY_SIDE`), optional ``probs`` (float32 GeoTIFF).
+            side at most :data:`MAX_OVERLAY_SIDE`), optional ``scores`` (float32 GeoTIFF).
         bands: 1-based bands for R, G, B.
         stretch: 8-bit scaling rule, computed over the whole scene.
         header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
         on_view: called as ``on_view(done, total)`` after each window (progress).
+        cog: write Cloud-Optimized GeoTIFFs (else plain tiles).
+        found: when a list, SAM 3's objects of every window are added to it (image
+            coordinates, cut to valid pixels, deduplicated across windows).
 
     Returns:
         The :class:`SceneResult`.
@@ -159,22 +173,29 @@ def segment_scene(
         presence = torch.zeros(len(segmentor.vocabulary.names))
         done = skipped = 0
         quick = _QuickLook(height, width)
-        with SceneWriter(paths["labels"], reader, palette(len(names)), paths.get("probs"), names) as writer:
+        table = ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
+        objects: list[Instance] = []
+        with SceneWriter(paths["labels"], reader, table, paths.get("scores"), names, cog=cog) as writer:
             for r, row in enumerate(rows):
                 for start in range(0, len(row), segmentor.view_batch):
                     batch = row[start : start + segmentor.view_batch]
-                    crops, run = [], []
+                    crops, run, valids = [], [], []
                     for window in batch:
                         rgb, valid = reader.read(*window)
                         if disjoint and not valid.any():
                             skipped += 1
                             continue
-                        crops.append(torch.from_numpy(rgb).permute(2, 0, 1))
+                        crops.append(to_chw_uint8(rgb))
                         run.append(window)
-                    results = segmentor.crop_logits(crops, skip) if crops else []
-                    for window, (logits, pres) in zip(run, results, strict=True):
+                        valids.append(valid)
+                    sinks = None if found is None else [[] for _ in crops]
+                    results = segmentor.crop_logits(crops, skip, sinks=sinks) if crops else []
+                    for i, (window, (logits, pres)) in enumerate(zip(run, results, strict=True)):
                         buffer.add(window, logits.cpu())
                         torch.maximum(presence, pres.cpu(), out=presence)
+                        if sinks is not None:  # cut to the window's valid pixels, then to image coordinates
+                            kept = restricted(sinks[i], valids[i])
+                            objects.extend(shifted(one, window.y1, window.x1) for one in kept)
                     done += len(batch)
                     if on_view is not None:
                         on_view(done, len(windows))
@@ -183,16 +204,20 @@ def segment_scene(
                 else:  # rows above the next windows are final; write whole GeoTIFF blocks only
                     final = rows[r + 1][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK
                 if final > buffer.top:
-                    _finish_rows(segmentor, reader, writer, buffer, final, quick, "probs" in paths)
+                    _finish_rows(segmentor, reader, writer, buffer, final, quick, "scores" in paths)
                     buffer.drop(final)
                 release_free_memory()
+    if found is not None:
+        found.extend(deduplicate(objects))
     if not quick.any_valid:
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", path)
     with atomic_path(paths["overlay"]) as temp:
         overlay(*quick.arrays(), names).save(temp, format="PNG")
     name_class = segmentor.vocabulary.name_class
     class_presence = names_to_classes(presence[:, None, None], name_class, len(names))[:, 0, 0]
-    return SceneResult(names, class_presence, height, width, len(windows), skipped)
+    return SceneResult(
+        names, class_presence, height, width, len(windows), skipped, reader.crs, reader.transform
+    )
 
 
 def release_free_memory() -> None:
@@ -226,7 +251,7 @@ def _finish_rows(
     buffer: RowBuffer,
     final: int,
     quick: _QuickLook,
-    probs: bool,
+    scores: bool,
 ) -> None:
     """Labels (and logits) of rows ``buffer.top .. final``, as :meth:`Segmentor.predict` makes them."""
     s = segmentor.settings
@@ -234,10 +259,11 @@ def _finish_rows(
     for y in range(buffer.top, final, FINISH_ROWS):
         y_end = min(y + FINISH_ROWS, final)
         rgb, valid = reader.read(y, y_end, 0, reader.width)
+        low = s.low_score_label
         class_logits, labels = finish(
-            buffer.mean(y, y_end), valid, vocabulary.name_class, len(vocabulary), s.prob_thd, s.bg_idx
+            buffer.mean(y, y_end), valid, vocabulary.name_class, len(vocabulary), s.prob_thd, low
         )
-        writer.write_rows(y, labels, scores_for_writing(class_logits, valid) if probs else None)
+        writer.write_rows(y, labels, scores_for_writing(class_logits, valid) if scores else None)
         quick.add(y, rgb, labels, valid)
 
 

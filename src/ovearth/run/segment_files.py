@@ -1,7 +1,7 @@
 """``segment_files``: segment many image files into one folder, robustly.
 
 * **Resume.** ``run.json`` records, per input, a key of everything that changes its
-  outputs (model fingerprint, settings, classes, bands, stretch, ``probs``, windowed or
+  outputs (model fingerprint, settings, classes, bands, stretch, the output options, windowed or
   not). A later run into the same folder skips an input whose entry has the same key and
   whose outputs all exist (``overwrite=True`` redoes it).
 * **Bad inputs.** With ``skip_bad`` an input that cannot be segmented (:class:`InputError`:
@@ -17,11 +17,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +29,16 @@ import torch.distributed as dist
 
 from ..data.atomic import write_text_atomic
 from ..data.output import remove_stale_parts
-from ..data.raster import ImageHeader, check_image, parse_stretch
+from ..data.raster import ImageHeader, check_image
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
-from .files import segment_file, use_windows
+from .files import FileOptions, segment_file, use_windows
 
 #: ``progress(name, done, total)`` before each input (``done`` inputs finished so far)
 ProgressFn = Callable[[str, int, int], None]
 #: ``on_view(done, total)`` during an input read by windows
 ViewFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class FileOptions:
-    """How the files are read and what is written.
-
-    Attributes:
-        bands: 1-based GeoTIFF bands for R, G, B (None: the default rule).
-        stretch: 8-bit scaling rule of non-uint8 rasters.
-        probs: also write the per-class score rasters.
-        windowed: read and write by windows (None: automatic).
-        skip_bad: list bad inputs under ``skipped`` instead of stopping.
-        overwrite: recompute inputs whose outputs exist with the same key.
-
-    """
-
-    bands: tuple[int, int, int] | None = None
-    stretch: str = "percentile"
-    probs: bool = False
-    windowed: bool | None = None
-    skip_bad: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        """Check the stretch rule here, once, whatever the inputs' type (uint8 ignores it)."""
-        parse_stretch(self.stretch)
 
 
 def check_files(files: list[Path], options: FileOptions) -> tuple[list[ImageHeader], list[dict[str, str]]]:
@@ -96,9 +70,7 @@ def entry_key(segmentor: Segmentor, file: Path, options: FileOptions, windowed: 
         "settings": segmentor.settings.semantic_dict(),
         "classes": str(segmentor.vocabulary),
         "image": file.name,
-        "bands": options.bands,
-        "stretch": options.stretch,
-        "probs": options.probs,
+        **options.key_fields(),
         "windowed": windowed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -205,9 +177,8 @@ def _one(
     if not options.overwrite and earlier is not None and earlier.get("key") == key:
         if all(Path(p).exists() for p in earlier.get("outputs", {}).values()):
             return dict(earlier, reused=True)
-    prediction, written = segment_file(
-        segmentor, file, out, options.bands, options.stretch, options.probs, windowed, on_view, header
-    )
+    chosen = dataclasses.replace(options, windowed=windowed)
+    prediction, written = segment_file(segmentor, file, out, chosen, on_view, header)
     names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
     entry = {
         "image": str(file),

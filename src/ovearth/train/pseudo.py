@@ -24,6 +24,7 @@ import torch
 
 from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import Sample, read_label
+from ..data.legend import ClassTable
 from ..data.raster import write_labels
 from ..model.load import LoadedModel
 from ..segment.segmentor import Prediction, Segmentor
@@ -87,7 +88,7 @@ def make_pseudo_labels(
             pseudo_label_path(folder, sample).unlink(missing_ok=True)
         write_text_atomic(key_file, json.dumps(key, indent=2, sort_keys=True) + "\n")
     segmentor = Segmentor(loaded, vocabulary, settings=settings)
-    colors = palette(len(vocabulary))
+    table = ClassTable.build(vocabulary.labels, palette(len(vocabulary)), unclassified=False)  # 255 = ignore
     coverage: dict[str, float] = {}
     for index, sample in enumerate(samples):
         path = pseudo_label_path(folder, sample)
@@ -96,7 +97,7 @@ def make_pseudo_labels(
         else:
             image = sample.load_image()
             labels = confident_labels(segmentor.predict(image.rgb, image.valid), threshold)
-            write_labels(path, labels, image, colors)
+            write_labels(path, labels, image, table)
             if index < OVERLAYS:
                 shown = overlay(image.rgb, labels, vocabulary.labels)
                 with atomic_path(folder / "overlays" / f"{sample.name.replace('/', '__')}.jpg") as temp:
