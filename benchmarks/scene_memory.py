@@ -14,7 +14,11 @@ the OpenEarthMap protocol (14 names, 512 crops / 512 stride, percentile stretch)
 
 Reports each child's peak RSS (``VmHWM``), the difference, the time and the number of
 windows. ``--whole SIZE`` also runs the whole-image path on a SIZE x SIZE scene, to show
-how that grows with the area.
+how that grows with the area. ``--gis`` writes every GIS output as ``segment`` would with
+``--scores --vector gpkg --objects`` (COG labels and scores with overviews, polygons, objects),
+and reports the files' sizes and feature counts::
+
+    python benchmarks/scene_memory.py --size 10000 --gis --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -67,11 +71,11 @@ def peak_rss_kb() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def child(kind: str, model: str, path: str, out: str) -> None:
+def child(kind: str, model: str, path: str, out: str, gis: bool = False) -> None:
     """Run one measurement and print a JSON line with its peak RSS."""
     from ovearth import Segmentor, load_model
     from ovearth.data.protocols import load_protocol
-    from ovearth.run.files import segment_file
+    from ovearth.run.files import FileOptions, segment_file
 
     protocol = load_protocol("openearthmap")
     start = time.perf_counter()
@@ -81,9 +85,16 @@ def child(kind: str, model: str, path: str, out: str) -> None:
         rgb = np.full((512, 512, 3), 120, np.uint8)
         seg.predict(rgb)
     else:
-        prediction, _ = segment_file(seg, path, out, windowed=kind == "scene")
+        extra = {"scores": True, "vector": "gpkg", "objects": True} if gis else {}
+        options = FileOptions(windowed=kind == "scene", **extra)
+        prediction, paths = segment_file(seg, path, out, options)
         if kind == "scene":
             result = {"views": prediction.views, "skipped_views": prediction.skipped_views}
+        if gis:
+            import pyogrio
+
+            result["files_mb"] = {k: round(p.stat().st_size / 2**20, 1) for k, p in paths.items()}
+            result["features"] = {k: pyogrio.read_info(paths[k])["features"] for k in ("polygons", "objects")}
     result.update(
         kind=kind,
         seconds=round(time.perf_counter() - start, 1),
@@ -92,8 +103,8 @@ def child(kind: str, model: str, path: str, out: str) -> None:
     print(json.dumps(result))
 
 
-def run_child(kind: str, model: Path, path: Path, out: Path) -> dict:
-    command = [sys.executable, __file__, "--child", kind, str(model), str(path), str(out)]
+def run_child(kind: str, model: Path, path: Path, out: Path, gis: bool = False) -> dict:
+    command = [sys.executable, __file__, "--child", kind, str(model), str(path), str(out), str(int(gis))]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the {kind} run failed:\n{done.stderr}")
@@ -105,10 +116,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--whole", type=int, default=0, help="also run the whole-image path at this size")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--gis", action="store_true", help="also write scores, polygons and objects")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child[:4], gis=args.child[4] == "1")
         return
     from ovearth.model.testing import save_tiny_model
 
@@ -121,10 +133,15 @@ def main() -> None:
         print(f"wrote {args.size} x {args.size} scene in {time.perf_counter() - start:.0f} s", flush=True)
         base = run_child("model", model, scene, tmp / "o")
         print(base, flush=True)
-        windowed = run_child("scene", model, scene, tmp / "o")
+        windowed = run_child("scene", model, scene, tmp / "o", args.gis)
         print(windowed, flush=True)
         with rasterio.open(tmp / "o" / "scene_labels.tif") as labels:
-            layout = {"tiled": labels.profile.get("tiled"), "compress": labels.profile.get("compress")}
+            layout = {
+                "tiled": labels.profile.get("tiled"),
+                "compress": labels.profile.get("compress"),
+                "layout": labels.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+                "overviews": labels.overviews(1),
+            }
         record = {
             "scene": f"{args.size} x {args.size} x 3 uint16, deflate, tiled",
             "protocol": "openearthmap (14 names, 512 crops / 512 stride)",
@@ -134,6 +151,7 @@ def main() -> None:
             "windowed": windowed,
             "added_peak_rss_gb": round(windowed["peak_rss_gb"] - base["peak_rss_gb"], 3),
             "labels_file": layout,
+            "gis_outputs": args.gis,
         }
         if args.whole:
             small = tmp / "whole.tif"
@@ -141,7 +159,8 @@ def main() -> None:
             record["whole_image"] = {"size": args.whole, **run_child("whole", model, small, tmp / "w")}
     print(json.dumps(record, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"scene_memory_{args.size}.json").write_text(json.dumps(record, indent=2) + "\n")
+    name = f"scene_memory_{args.size}{'_gis' if args.gis else ''}.json"
+    (args.out / name).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
