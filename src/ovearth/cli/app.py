@@ -204,6 +204,46 @@ def given_settings(parameters: dict) -> dict:
     return given(**{name: value for name, value in named.items() if name in fields})
 
 
+ProbThdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Pixels whose best class score is below the winning class's threshold are unclassified "
+        "(or --bg-idx): one number for every class, or per class, e.g. 0.2,building=0.4,road=0.3."
+    ),
+]
+
+
+def parse_prob_thd(text: str | None) -> tuple[float | None, dict[str, float] | None]:
+    """Parse ``--prob-thd``: one number, or ``class=number`` parts with an optional default.
+
+    ``"0.3"`` is every class's threshold; ``"0.2,building=0.4,road=0.3"`` gives building and
+    road their own and the other classes 0.2 (without the bare number, the preset's value).
+
+    Returns:
+        ``(prob_thd or None, {class: threshold} or None)``; None means not given.
+
+    Raises:
+        InputError: a part that is neither a number nor ``class=number``.
+
+    """
+    if text is None:
+        return None, None
+    default, per_class = None, {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = part.rpartition("=") if "=" in part else ("", "", part)
+        try:
+            number = float(value)
+        except ValueError:
+            raise InputError(
+                f"--prob-thd '{text}': '{part}' is not a number or class=number (e.g. 0.2,building=0.4)."
+            ) from None
+        if eq:
+            per_class[name.strip()] = number
+        else:
+            default = number
+    return default, (per_class or None)
+
+
 def load_on(model: str, device: str, adapter: Path | None = None):
     """Load the model (see :func:`ovearth.load_model`) onto a resolved device, with an adapter if given."""
     from ..model.load import load_model

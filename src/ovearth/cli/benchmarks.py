@@ -17,6 +17,7 @@ from .app import (
     OutputOption,
     PlainProgress,
     PrecisionOption,
+    ProbThdOption,
     PromptFormOption,
     RefineAtOption,
     RefineForOption,
@@ -30,6 +31,7 @@ from .app import (
     given_settings,
     is_main_process,
     load_on,
+    parse_prob_thd,
     progress_bar,
     protocol_from,
     setup_logging,
@@ -56,7 +58,7 @@ def eval_(
         bool, typer.Option("--save-predictions", help="Keep colour label maps.")
     ] = False,
     confidence_threshold: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
-    prob_thd: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
+    prob_thd: ProbThdOption = None,
     prompt_batch: Annotated[
         int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
     ] = None,
@@ -79,6 +81,7 @@ def eval_(
 
     protocol = protocol_from(dataset, dataset_config)
     data = SegmentationDataset(protocol, data_root, limit=limit)
+    prob_thd, class_prob_thd = parse_prob_thd(prob_thd)  # noqa: F841 (read by given_settings)
     settings = protocol.settings.replace(**given_settings(locals()))
 
     settings.check_run(len(protocol.vocabulary))

@@ -20,6 +20,7 @@ from .app import (
     PlainProgress,
     PrecisionOption,
     PresetOption,
+    ProbThdOption,
     PromptFormOption,
     RefineAtOption,
     RefineForOption,
@@ -34,6 +35,7 @@ from .app import (
     given_settings,
     is_main_process,
     load_on,
+    parse_prob_thd,
     progress_bar,
     setup_logging,
     vocabulary_and_settings,
@@ -58,10 +60,7 @@ def segment(
     confidence_threshold: Annotated[
         float | None, typer.Option(help="Keep instances scoring above this.")
     ] = None,
-    prob_thd: Annotated[
-        float | None,
-        typer.Option(help="Pixels whose best class score is below this are unclassified (or --bg-idx)."),
-    ] = None,
+    prob_thd: ProbThdOption = None,
     bg_idx: Annotated[
         int | None,
         typer.Option(
@@ -164,6 +163,7 @@ def segment(
     from ..run.segment_files import FileOptions, check_files, segment_files
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
+    prob_thd, class_prob_thd = parse_prob_thd(prob_thd)  # noqa: F841 (read by given_settings)
     settings = base.replace(**given_settings(locals()))
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)

@@ -8,6 +8,7 @@ anywhere a protocol name is. Schema::
     title: LoveDA
     classes: [background, "building,house", road, ...]   # label order, synonyms by ","
     segment: {confidence_threshold: 0.5, prob_thd: 0.5, bg_idx: 0, slide_crop: 0, slide_stride: 0}
+    # segment.class_prob_thd (optional): {building: 0.4, road: 0.3}, per-class thresholds
     labels: {reduce_zero_label: true, ignore_index: 255, report: building}  # report optional
     layout: {images: img_dir/val, labels: ann_dir/val, image_suffix: .png, label_suffix: .png}
     # layout.split (optional): a file of image names, one per line, relative to the data root
@@ -34,6 +35,7 @@ _FIELDS: dict[str, dict[str, type]] = {
     "segment": {
         "confidence_threshold": float,
         "prob_thd": float,
+        "class_prob_thd": dict,
         "bg_idx": int,
         "slide_crop": int,
         "slide_stride": int,
@@ -46,7 +48,14 @@ _SEGMENT_KEYS = set(_FIELDS["segment"])
 _LAYOUT_KEYS = set(_FIELDS["layout"])
 _LAYOUT_REQUIRED = _LAYOUT_KEYS - {"split"}
 _LABEL_KEYS = set(_FIELDS["labels"])
-_TYPE_WORDS = {str: "text", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+_TYPE_WORDS = {
+    str: "text",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a mapping",
+}
 
 
 def _check_types(values: dict[str, Any], section: str, path: Path) -> None:
@@ -182,6 +191,7 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
         # low-score pixels get a class (SegEarth-OV3's bg_idx, 0 when unsaid): the metrics need one
         settings = SegmentSettings(**{"bg_idx": 0, **segment})
         settings.check_classes(len(vocabulary))
+        settings.class_thresholds(vocabulary.labels)  # every per-class threshold names a class
     except InputError as error:
         raise InputError(f"{path}: {error}") from None
     except TypeError as error:

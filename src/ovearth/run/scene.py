@@ -261,7 +261,7 @@ def _finish_rows(
         rgb, valid = reader.read(y, y_end, 0, reader.width)
         low = s.low_score_label
         class_logits, labels = finish(
-            buffer.mean(y, y_end), valid, vocabulary.name_class, len(vocabulary), s.prob_thd, low
+            buffer.mean(y, y_end), valid, vocabulary.name_class, len(vocabulary), segmentor.thresholds, low
         )
         writer.write_rows(y, labels, scores_for_writing(class_logits, valid) if scores else None)
         quick.add(y, rgb, labels, valid)

@@ -14,6 +14,8 @@ Per image: class logit = max over its names; label = argmax over classes, set to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -104,12 +106,13 @@ def names_to_classes(name_logits: Tensor, name_class: list[int], num_classes: in
     return torch.stack([name_logits[r].amax(dim=0) for r in rows])
 
 
-def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Tensor:
-    """``argmax`` over classes; ``bg_idx`` where the max logit ``< prob_thd``.
+def labels_from_logits(class_logits: Tensor, prob_thd: float | Sequence[float], bg_idx: int) -> Tensor:
+    """``argmax`` over classes; ``bg_idx`` where the max logit ``< prob_thd`` of the winning class.
 
     Args:
         class_logits: ``[K, H, W]``.
-        prob_thd: background threshold.
+        prob_thd: background threshold, one for all classes or ``K`` (one per class: the
+            argmax is taken first, then the winner's threshold decides).
         bg_idx: label given to low-confidence pixels (a class index, or 254 = unclassified).
 
     Returns:
@@ -118,6 +121,11 @@ def labels_from_logits(class_logits: Tensor, prob_thd: float, bg_idx: int) -> Te
     """
     best, labels = class_logits.max(dim=0)
     # torch.max returns the first maximal index on ties, like argmax.
+    if not isinstance(prob_thd, (int, float)):
+        thresholds = torch.tensor(list(prob_thd), dtype=best.dtype, device=best.device)
+        if len(set(prob_thd)) > 1:
+            return labels.masked_fill_(best < thresholds[labels], bg_idx)
+        prob_thd = float(thresholds[0])  # one value: the plain comparison, as the reference
     return labels.masked_fill_(best < prob_thd, bg_idx)
 
 
@@ -126,7 +134,7 @@ def finish(
     valid: np.ndarray,
     name_class: list[int],
     num_classes: int,
-    prob_thd: float,
+    prob_thd: float | Sequence[float],
     bg_idx: int,
 ) -> tuple[Tensor, np.ndarray]:
     """The end of every prediction path (whole image, windowed scene): names -> classes -> labels.
@@ -136,7 +144,7 @@ def finish(
         valid: ``[H, W]`` bool, False on nodata.
         name_class: class index of each name.
         num_classes: ``K``.
-        prob_thd: background threshold.
+        prob_thd: background threshold, or one per class (see :func:`labels_from_logits`).
         bg_idx: label of low-confidence pixels (a class index, or 254 = unclassified).
 
     Returns:

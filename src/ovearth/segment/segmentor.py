@@ -104,6 +104,8 @@ class Segmentor:
         self.vocabulary = classes if isinstance(classes, Vocabulary) else Vocabulary.parse(classes)
         self.settings = (settings or SegmentSettings()).replace(**overrides)
         self.settings.check_classes(len(self.vocabulary))
+        #: ``[K]`` threshold of each class (``prob_thd`` unless ``class_prob_thd`` names it)
+        self.thresholds = self.settings.class_thresholds(self.vocabulary.labels)
         if refiner is None:
             self.pipeline = self.settings.refine_pipeline
         else:
@@ -237,7 +239,7 @@ class Segmentor:
             name_logits, name_presence = self.name_logits(view, found)
             presence = names_to_classes(name_presence[:, None, None], vocabulary.name_class, num_classes)
             class_logits, labels = finish(
-                name_logits, valid_np, vocabulary.name_class, num_classes, s.prob_thd, s.low_score_label
+                name_logits, valid_np, vocabulary.name_class, num_classes, self.thresholds, s.low_score_label
             )
         return Prediction(
             labels=labels,
@@ -282,11 +284,12 @@ class Segmentor:
     def can_skip(self, windows: list[Window], height: int, width: int) -> bool:
         """Whether the provable skip applies to ``windows`` of a ``height x width`` image.
 
-        It does when asked for, with presence gating and ``prob_thd > 0``, without zoom,
+        It does when asked for, with presence gating and every class threshold ``> 0``
+        (a name is skipped when its presence is below the lowest one), without zoom,
         and when the windows tile the image without overlap.
         """
         s = self.settings
-        if not (s.skip_absent and s.use_presence and s.prob_thd > 0) or s.parsed_zoom is not None:
+        if not (s.skip_absent and s.use_presence and s.lowest_prob_thd > 0) or s.parsed_zoom is not None:
             return False
         return tiles_without_overlap(windows, height, width)
 
@@ -412,12 +415,12 @@ class Segmentor:
             presence_all[chunk] = presence
             # prompts whose mask decoder can matter (all, unless a provable skip applies)
             rows = (
-                (presence >= s.prob_thd).nonzero()[:, 0]
+                (presence >= s.lowest_prob_thd).nonzero()[:, 0]
                 if skip
                 else torch.arange(len(presence), device=presence.device)
             )
             if skip:
-                keep[presence < s.prob_thd] = False
+                keep[presence < s.lowest_prob_thd] = False
             kept_any = keep.any(dim=1).tolist()
             if len(rows) == 0 or not (s.use_semantic or any(kept_any)):
                 continue

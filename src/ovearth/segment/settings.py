@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,11 @@ class SegmentSettings:
 
     Attributes:
         confidence_threshold: keep instance ``j`` when ``s_j > confidence_threshold``.
-        prob_thd: pixels whose best class score is below this get :attr:`low_score_label`.
+        prob_thd: pixels whose best class score is below this get :attr:`low_score_label`
+            (the threshold of every class not in ``class_prob_thd``).
+        class_prob_thd: per-class thresholds ``((class name, threshold), ...)`` (a dict is
+            accepted); the rule: argmax over classes, then the winning class's threshold
+            decides whether the pixel is kept (see :meth:`class_thresholds`).
         bg_idx: the class index low-score pixels get (a benchmark protocol's background
             class), or None (free-form classes): they get :data:`UNCLASSIFIED_LABEL` (254),
             which is never a class index nor nodata (255).
@@ -66,6 +71,7 @@ class SegmentSettings:
 
     confidence_threshold: float = 0.5
     prob_thd: float = 0.0
+    class_prob_thd: tuple[tuple[str, float], ...] = ()
     bg_idx: int | None = None
     slide_crop: int = 0
     slide_stride: int = 0
@@ -89,6 +95,7 @@ class SegmentSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be a number in [0, 1] (logits lie there), got {value!r}.")
+        object.__setattr__(self, "class_prob_thd", _class_thresholds(self.class_prob_thd))
         for name in ("bg_idx", "slide_crop", "slide_stride"):
             value = getattr(self, name)
             if name == "bg_idx" and value is None:
@@ -130,6 +137,27 @@ class SegmentSettings:
                 "refine_for applies at the fusion stage; a refined backbone level feeds the fusion encoder "
                 "and so both consumers (use refine_for=both)."
             )
+
+    def class_thresholds(self, class_names: Sequence[str]) -> list[float]:
+        """The threshold of each class: its ``class_prob_thd`` entry, else ``prob_thd``.
+
+        Raises:
+            InputError: a ``class_prob_thd`` name that is not one of ``class_names``.
+
+        """
+        given = dict(self.class_prob_thd)
+        unknown = sorted(set(given) - set(class_names))
+        if unknown:
+            raise InputError(
+                f"class_prob_thd names '{unknown[0]}', which is not a class; the classes are "
+                f"{', '.join(class_names)}."
+            )
+        return [float(given.get(name, self.prob_thd)) for name in class_names]
+
+    @property
+    def lowest_prob_thd(self) -> float:
+        """The smallest threshold of any class (what the provable skip may rely on)."""
+        return min([self.prob_thd, *(value for _, value in self.class_prob_thd)])
 
     @property
     def low_score_label(self) -> int:
@@ -189,12 +217,34 @@ class SegmentSettings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, for results files."""
-        return dataclasses.asdict(self)
+        """Plain dict, for results files (``class_prob_thd`` as ``{name: threshold}``)."""
+        data = dataclasses.asdict(self)
+        data["class_prob_thd"] = dict(self.class_prob_thd)
+        return data
 
     def semantic_dict(self) -> dict[str, Any]:
         """The fields that change outputs (batch sizes excluded), for cache keys."""
         data = self.to_dict()
         for key in ("prompt_batch", "view_batch", "compile"):
             data.pop(key)
+        if not self.class_prob_thd:  # keys of runs from before per-class thresholds stay valid
+            data.pop("class_prob_thd")
         return data
+
+
+def _class_thresholds(value: Any) -> tuple[tuple[str, float], ...]:
+    """``class_prob_thd`` as a tuple of ``(name, threshold)``, each checked (InputError)."""
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((name, threshold) for name, threshold in items)
+    except (TypeError, ValueError):
+        raise InputError(f"class_prob_thd must map class names to thresholds, got {value!r}.") from None
+    for name, threshold in pairs:
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"class_prob_thd: a class name must be text, got {name!r}.")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise InputError(f"class_prob_thd: '{name}' must have a number in [0, 1], got {threshold!r}.")
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise InputError(f"class_prob_thd names a class twice: {', '.join(names)}.")
+    return tuple((name.strip(), float(threshold)) for name, threshold in pairs)
