@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyogrio
@@ -15,8 +16,9 @@ from rasterio.features import rasterize, shapes
 from rasterio.transform import Affine
 from scipy import ndimage
 
+import ovearth.data.vectorize as vectorize_module
 from ovearth.data.legend import ClassTable
-from ovearth.data.vector_io import write_vector
+from ovearth.data.vector_io import VectorWriter, write_vector
 from ovearth.data.vectorize import FIELDS, vectorize
 from ovearth.errors import InputError
 
@@ -35,13 +37,13 @@ def table_of(k: int, unclassified: bool = True) -> ClassTable:
     return ClassTable.build([f"class{i}" for i in range(k)], np.zeros((k, 3)), unclassified)
 
 
-def write_labels(path, labels, k=4, crs=UTM, transform=None, tags=True):
+def write_labels(path, labels, k=4, crs=UTM, transform=None, tags=True, **creation):
     """A labels GeoTIFF as ovearth writes it (uint8, class table tag); 30 m pixels by default."""
     height, width = labels.shape
     transform = transform or from_origin(500000.0, 4000000.0, PIXEL, PIXEL)
     with rasterio.open(
         path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=crs,
-        transform=transform,
+        transform=transform, **creation,
     ) as dst:  # fmt: skip
         dst.write(labels.astype(np.uint8), 1)
         if tags:
@@ -65,6 +67,31 @@ def read_features(path):
     """(geometries, {field: array}, crs) of a .gpkg / .geojson."""
     meta, _, wkb, values = pyogrio.raw.read(path)
     return shapely.from_wkb(wkb), dict(zip(meta["fields"], values, strict=True)), meta["crs"]
+
+
+def canonical(path):
+    """(normalised geometries, fields) of a layer sorted by class then geometry: its features as a set.
+
+    Regions are disjoint, so no two features have the same class and geometry.
+    """
+    geoms, fields, _ = read_features(path)
+    geoms = shapely.normalize(geoms)
+    keys = [(int(c), shapely.to_wkb(g)) for c, g in zip(fields["class_index"], geoms, strict=True)]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return geoms[order], {name: values[order] for name, values in fields.items()}
+
+
+def assert_same_features(path, reference):
+    """The same features (exact geometries, every field), in any order."""
+    geoms, fields = canonical(path)
+    ref_geoms, ref_fields = canonical(reference)
+    assert len(geoms) == len(ref_geoms)
+    assert shapely.equals_exact(geoms, ref_geoms, tolerance=0).all()
+    for name in FIELDS:
+        if name == "class_name":
+            assert fields[name].tolist() == ref_fields[name].tolist()
+        else:
+            np.testing.assert_array_equal(fields[name], ref_fields[name])  # NaN == NaN here
 
 
 def blobs(seed: int, height: int, width: int, k: int = 4) -> np.ndarray:
@@ -121,8 +148,8 @@ def test_ring_has_a_hole(tmp_path, inner):
         assert shapely.equals(shapely.Polygon(ring.interiors[0]), by_class[0])
 
 
-@pytest.mark.parametrize("strip_rows", [1, 3, 7])
-def test_strips_give_the_whole_raster_result(tmp_path, strip_rows):
+@pytest.mark.parametrize(("strip_rows", "batch_size"), [(1, 20_000), (3, 7), (7, 1)])
+def test_strips_give_the_whole_raster_result(tmp_path, strip_rows, batch_size):
     labels = blobs(0, 41, 37)
     # one snake of class 3 through every strip, and a diagonal staircase that must stay apart
     labels[:, 30] = 3
@@ -130,14 +157,17 @@ def test_strips_give_the_whole_raster_result(tmp_path, strip_rows):
     labels[[10, 11, 12], [33, 34, 35]] = 2
     path = write_labels(tmp_path / "l.tif", labels, transform=from_origin(0, 41, 1, 1), crs=None)
     whole = vectorize(path, tmp_path / "whole.gpkg", strip_rows=10**6)
-    cut = vectorize(path, tmp_path / "cut.gpkg", strip_rows=strip_rows)
+    cut = vectorize(path, tmp_path / "cut.gpkg", strip_rows=strip_rows, batch_size=batch_size)
     assert cut.features == whole.features and cut.per_class == whole.per_class
-    g_whole, f_whole, _ = read_features(tmp_path / "whole.gpkg")
+    # the same features; their order follows the strips (regions are written when finished)
+    assert_same_features(tmp_path / "cut.gpkg", tmp_path / "whole.gpkg")
     g_cut, f_cut, _ = read_features(tmp_path / "cut.gpkg")
-    for name in ("class_index", "pixels"):
-        assert f_cut[name].tolist() == f_whole[name].tolist()
-    assert shapely.equals_exact(shapely.normalize(g_cut), shapely.normalize(g_whole)).all()
     assert shapely.is_valid(g_cut).all()
+    # the same strips and batches: the same order
+    vectorize(path, tmp_path / "again.gpkg", strip_rows=strip_rows, batch_size=batch_size)
+    g_again, f_again, _ = read_features(tmp_path / "again.gpkg")
+    assert shapely.equals_exact(g_again, g_cut, tolerance=0).all()
+    assert f_again["pixels"].tolist() == f_cut["pixels"].tolist()
     # and both equal GDAL on the whole array (pixel coords -> this transform: y = 41 - row)
     reference = gdal_regions(labels, 4)
     for value, polygons in reference.items():
@@ -145,6 +175,137 @@ def test_strips_give_the_whole_raster_result(tmp_path, strip_rows):
         assert len(mine) == len(polygons)
         flipped = [shapely.affinity.affine_transform(p, [1, 0, 0, -1, 0, 41]) for p in polygons]
         assert {shapely.normalize(p).wkt for p in flipped} == {shapely.normalize(p).wkt for p in mine}
+
+
+def test_streaming_holds_one_batch_and_the_regions_open_at_the_strip_boundary(tmp_path, monkeypatch):
+    labels = ndimage.median_filter(np.random.default_rng(11).integers(0, 4, (600, 600)), 3).astype(np.uint8)
+    path = write_labels(tmp_path / "l.tif", labels, transform=from_origin(0, 600, 1, 1), crs=None)
+    whole = vectorize(path, tmp_path / "whole.gpkg", strip_rows=10**6, batch_size=10**7)
+
+    live = {"now": 0, "peak": 0}  # regions (and pieces of regions) in memory
+
+    class Counted(vectorize_module._Region):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            live["now"] += 1
+            live["peak"] = max(live["peak"], live["now"])
+
+        def __del__(self):
+            live["now"] -= 1
+
+    batches = []
+    write = VectorWriter.write
+
+    def spy(self, geometries, columns):
+        batches.append(len(geometries))
+        write(self, geometries, columns)
+
+    monkeypatch.setattr(vectorize_module, "_Region", Counted)
+    monkeypatch.setattr(VectorWriter, "write", spy)
+    cut = vectorize(path, tmp_path / "cut.gpkg", strip_rows=16, batch_size=500)
+    assert cut.features == whole.features > 20_000 and cut.per_class == whole.per_class
+    assert max(batches) == 500 and set(batches[:-1]) == {500} and sum(batches) == cut.features
+    # one batch, plus the pieces touching a strip boundary (a row has 600 pixels): not the scene
+    assert live["peak"] <= 500 + 2 * 600 < cut.features / 10
+    assert live["now"] == 0
+    assert_same_features(tmp_path / "cut.gpkg", tmp_path / "whole.gpkg")
+
+
+def test_default_strips_hold_about_strip_pixels_in_whole_blocks(tmp_path, monkeypatch):
+    labels = blobs(0, 48, 40)
+    path = write_labels(
+        tmp_path / "l.tif", labels, transform=from_origin(0, 48, 1, 1), crs=None, tiled=True,
+        blockxsize=16, blockysize=16,
+    )  # fmt: skip
+    reads = []
+    read = rasterio.io.DatasetReader.read
+
+    def spy(self, *args, window=None, **kwargs):
+        reads.append(window.height)
+        return read(self, *args, window=window, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
+    monkeypatch.setattr(vectorize_module, "STRIP_PIXELS", 40 * 40)
+    vectorize(path, tmp_path / "o.gpkg")  # 40 rows: 2 blocks of 16
+    assert reads == [32, 16]
+    monkeypatch.setattr(vectorize_module, "STRIP_PIXELS", 6 * 40 + 39)
+    vectorize(path, tmp_path / "six.gpkg")  # fewer rows than a block: 6
+    assert reads == [32, 16] + [6] * 8
+    assert_same_features(tmp_path / "six.gpkg", tmp_path / "o.gpkg")
+
+
+def vector_batch_data(n=23):
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 1000, (2, n)) * 30.0 + [[500000.0], [4000000.0]]
+    geoms = shapely.box(x, y, x + 30 * rng.integers(1, 5, n), y + 30 * rng.integers(1, 5, n))
+    score = rng.random(n)
+    score[[3, 17]] = np.nan
+    columns = {"id": np.arange(n), "name": np.array([f"f{i}é" for i in range(n)], object), "score": score}
+    return geoms, columns
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".parquet"])
+def test_vector_writer_batches_make_the_layer_of_one_write(tmp_path, suffix):
+    geoms, columns = vector_batch_data()
+    fields = {"id": np.int64, "name": str, "score": np.float64}  # str: text, as object
+    out = tmp_path / f"b{suffix}"
+    with VectorWriter(out, fields, UTM, layer="layer", geometry_type="Polygon") as writer:
+        for lo, hi in [(0, 10), (10, 10), (10, 11), (11, 23)]:  # with an empty batch
+            writer.write(geoms[lo:hi], {name: values[lo:hi] for name, values in columns.items()})
+    assert writer.features == 23
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    if suffix == ".parquet":
+        pq = pytest.importorskip("pyarrow.parquet")
+        assert pq.ParquetFile(out).num_row_groups == 3  # one per non-empty batch
+        table = pq.read_table(out)
+        assert table.column_names == [*fields, "geometry"]
+        column = json.loads(table.schema.metadata[b"geo"])["columns"]["geometry"]
+        assert column["geometry_types"] == ["Polygon"] and column["encoding"] == "WKB"
+        assert column["bbox"] == list(shapely.total_bounds(geoms))  # of every batch
+        assert CRS.from_user_input(json.dumps(column["crs"])) == CRS.from_string(UTM)
+        assert shapely.equals_exact(shapely.from_wkb(table.column("geometry").to_pylist()), geoms).all()
+        assert table.column("id").to_pylist() == columns["id"].tolist()
+        assert table.column("name").to_pylist() == columns["name"].tolist()
+        assert table.column("score").null_count == 2
+        return
+    read, fields_read, crs = read_features(out)
+    assert crs == UTM and shapely.equals_exact(read, geoms).all()
+    assert fields_read["name"].tolist() == columns["name"].tolist()
+    np.testing.assert_array_equal(fields_read["score"], columns["score"])
+    if suffix == ".geojson":  # byte for byte what GDAL writes in one go
+        pyogrio.raw.write(
+            tmp_path / "gdal.geojson", shapely.to_wkb(geoms), list(columns.values()), list(columns),
+            layer="layer", driver="GeoJSON", geometry_type="Polygon", crs=CRS.from_string(UTM).to_wkt(),
+        )  # fmt: skip
+        assert out.read_bytes() == (tmp_path / "gdal.geojson").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".parquet"])
+def test_vector_writer_error_midway_leaves_the_old_file_and_nothing_else(tmp_path, suffix):
+    out = tmp_path / f"x{suffix}"
+    out.write_bytes(b"old")
+    geoms, columns = vector_batch_data()
+    fields = {"id": np.int64, "name": object, "score": np.float64}
+    with pytest.raises(RuntimeError, match="boom"), VectorWriter(out, fields, None) as writer:
+        writer.write(geoms, columns)
+        writer.write(geoms, columns)
+        raise RuntimeError("boom")
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    with pytest.raises(RuntimeError, match="inside its with block"):
+        writer.write(geoms, columns)
+    with (
+        VectorWriter(out, fields, None) as writer,
+        pytest.raises(ValueError, match="not the writer's fields"),
+    ):
+        writer.write(geoms, {"id": columns["id"]})
+    with (
+        VectorWriter(out, fields, None) as writer,
+        pytest.raises(ValueError, match="float64 values for a int64"),
+    ):
+        writer.write(geoms, {**columns, "id": columns["score"]})
+    with pytest.raises(RuntimeError, match="entered only once"), writer:
+        pass
 
 
 def test_areas_and_mean_scores_on_a_real_grid(tmp_path, samples):
@@ -300,14 +461,12 @@ def test_write_vector_is_general_and_atomic(tmp_path, monkeypatch):
     _, fields, _ = read_features(tmp_path / "x.gpkg")
     assert fields["name"].tolist() == ["a", "é"] and np.isnan(fields["score"][1])
 
-    import ovearth.data.vector_io as vector_io
-
-    def broken(temp, *args):
-        temp.write_bytes(b"half a file")
+    def broken(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 
     before = (tmp_path / "x.gpkg").read_bytes()
-    monkeypatch.setattr(vector_io, "_write_ogr", broken)
+    monkeypatch.setattr(pyogrio.raw, "write", broken)
     with pytest.raises(OSError, match="disk full"):
         write_vector(tmp_path / "x.gpkg", geoms, columns, None)
     with pytest.raises(OSError, match="disk full"):
@@ -359,13 +518,14 @@ def bad_case(tmp_path, case):
             {},
             "carries no ovearth class table",
         )
-    if case == "bad-value":
+    if case == "bad-value":  # found in the 4th strip, after features were written
         labels = np.zeros((30, 4), np.uint8)
+        labels[::2] = 1
         labels[25, 1] = 9
         path = write_labels(tmp_path / "v.tif", labels)
         return (
             path,
-            {"strip_rows": 8},
+            {"strip_rows": 8, "batch_size": 1},
             r"v\.tif: holds the value 9, which is no class of its table \(4 classes",
         )
     if case == "scores-size":
@@ -379,6 +539,8 @@ def bad_case(tmp_path, case):
         return good, {"scores": s}, r"s\.tif: 3 score band\(s\) but the class table has 4 classes"
     if case == "scores-missing":
         return good, {"scores": tmp_path / "none.tif"}, r"none\.tif: no such scores file"
+    if case == "batch-size":
+        return good, {"batch_size": 0}, r"batch_size must be at least 1, got 0\."
     if case == "min-area":
         return good, {"min_area": -1.0}, r"min_area \(--min-area\) must be a finite number >= 0, got -1\.0"
     return good, {"simplify": float("nan")}, r"simplify \(--simplify\) must be a finite number >= 0, got nan"
@@ -386,7 +548,7 @@ def bad_case(tmp_path, case):
 
 BAD_CASES = [
     "missing", "corrupt", "rgb", "uint16", "no-table", "bad-value", "scores-size", "scores-bands",
-    "scores-missing", "min-area", "simplify",
+    "scores-missing", "batch-size", "min-area", "simplify",
 ]  # fmt: skip
 
 

@@ -6,14 +6,20 @@ with 4-connectivity: pixels touching only at a corner are separate regions);
 or gaps). Polygons are in the raster's CRS, with holes, and carry the fields of
 :data:`FIELDS`.
 
-Memory is bounded by a strip: the labels (and the scores) are read by windows of
-``strip_rows`` rows. Each strip is labelled per class (``scipy.ndimage.label``, exact pixel
-counts and score sums) and polygonized in pixel coordinates (integer corners, exact). A
-region not touching the strip's top or bottom row is finished at once; the pieces that do
-are linked to the pieces of the same class directly across the boundary (edge contact
-only, union-find) and unioned when no piece of their group reaches the next strip. Only
-then are coordinates mapped through the affine transform, so the result equals vectorizing
-the whole raster at once, whatever ``strip_rows`` is.
+The raster is read by strips and the features are streamed out, so memory does not grow
+with the scene's area. The labels (and the scores) are read by windows of ``strip_rows``
+rows. Each strip is labelled per class (``scipy.ndimage.label``, exact pixel counts and
+score sums) and polygonized in pixel coordinates (integer corners, exact). A region not
+touching the strip's top or bottom row is finished at once; the pieces that do stay open:
+they are linked to the pieces of the same class directly across the boundary (edge
+contact only, union-find) and unioned when no piece of their group reaches the next strip.
+Only then are coordinates mapped through the affine transform, so the features equal
+those of the whole raster vectorized at once, whatever ``strip_rows`` is. Finished regions
+are written by batches of ``batch_size`` (:class:`~ovearth.data.vector_io.VectorWriter`):
+memory holds one strip, the open regions (those crossing the current strip boundary; a
+region crossing many strips keeps its pieces until it is finished) and one batch.
+Coverage simplification (``simplify`` > 0) needs all polygons together, so it holds every
+polygon in memory.
 """
 
 from __future__ import annotations
@@ -36,12 +42,20 @@ from scipy import ndimage
 from ..constants import NODATA_LABEL, UNCLASSIFIED_LABEL
 from ..errors import InputError
 from .legend import ClassTable, read_class_table
-from .vector_io import check_vector_path, write_vector
+from .vector_io import VectorWriter, check_vector_path
 
 logger = logging.getLogger(__name__)
 
 #: Attribute fields of every feature, in this order.
 FIELDS = ("class_index", "class_name", "pixels", "area_m2", "mean_score")
+_DTYPES = (np.int32, object, np.int64, np.float64, np.float64)  # of FIELDS
+
+#: Default number of features written at a time by :func:`vectorize`.
+BATCH_SIZE = 20_000
+
+#: Pixels of a strip by default (its rows: this / the width): a strip of small regions
+#: holds about 150 bytes a pixel while it is polygonized (GDAL's polygons, ids, counts).
+STRIP_PIXELS = 2**21
 
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 
@@ -87,9 +101,16 @@ def vectorize(
     table: ClassTable | None = None,
     min_area: float = 0.0,
     simplify: float = 0.0,
-    strip_rows: int = 1024,
+    strip_rows: int | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> VectorSummary:
     """Write one polygon per 4-connected region of each class of a labels raster.
+
+    The features are written while the raster is read (by strips), ``batch_size`` at a
+    time, in the order their regions are finished, each batch sorted top-left first: the
+    order is the same for the same ``strip_rows`` and ``batch_size``, the features are the
+    same whatever they are. With ``simplify`` > 0 every polygon is held in memory (coverage
+    simplification needs them all together) and they are written sorted top-left first.
 
     Args:
         labels: single-band uint8 labels raster (``0..K-1``, 254 unclassified, 255 nodata).
@@ -102,8 +123,11 @@ def vectorize(
             projected, else pixels).
         simplify: coverage simplification tolerance (metres when projected, else pixels):
             all polygons are simplified together, so neighbours keep their shared edges;
-            0 keeps the exact pixel edges.
-        strip_rows: rows read at a time (memory bound); the result does not depend on it.
+            holds every polygon in memory. 0 keeps the exact pixel edges and streams.
+        strip_rows: rows read at a time (memory bound); the features do not depend on it.
+            Default: about :data:`STRIP_PIXELS` pixels a strip, in whole blocks of the
+            labels raster when a block has fewer rows than that.
+        batch_size: features written at a time (memory bound).
 
     Returns:
         A :class:`VectorSummary`. ``area_m2`` is ``pixels`` x the pixel area in square
@@ -122,47 +146,80 @@ def vectorize(
         if not math.isfinite(number) or number < 0:
             option = name.replace("_", "-")
             raise InputError(f"{name} (--{option}) must be a finite number >= 0, got {number}.")
-    if strip_rows < 1:
-        raise InputError(f"strip_rows must be at least 1, got {strip_rows}.")
-    with _open(labels, "labels") as src, contextlib.ExitStack() as stack:
+    for name, number in (("strip_rows", strip_rows), ("batch_size", batch_size)):
+        if number is not None and number < 1:
+            raise InputError(f"{name} must be at least 1, got {number}.")
+    with _open(labels, "labels") as src:
         if src.count != 1 or src.dtypes[0] != "uint8":
             raise InputError(
                 f"{labels}: a labels raster must be single-band uint8, "
                 f"got {src.count} band(s) of {src.dtypes[0]}."
             )
         table = table if table is not None else read_class_table(labels)
-        score_src = stack.enter_context(_open(scores, "scores")) if scores is not None else None
-        if score_src is not None:
-            _check_scores(score_src, src, len(table.names))
+        if scores is not None:
+            with _open(scores, "scores") as score_src:
+                _check_scores(score_src, src, len(table.names))
         pixel_area, unit = pixel_area_m2(src.crs, src.transform)
-        regions = [
-            r
-            for r in _regions(src, score_src, len(table.names), strip_rows)
-            if r.pixels * (pixel_area or 1.0) >= min_area
-        ]
-        crs, transform = src.crs, src.transform
+        crs, transform, height = src.crs, src.transform, src.height
+        strip_rows = strip_rows or _strip_rows(src)
+    regions = (
+        r
+        for r in _regions(labels, scores, height, len(table.names), strip_rows)
+        if r.pixels * (pixel_area or 1.0) >= min_area
+    )
+    per_class = np.zeros(len(table.names), np.int64)
+    fields = dict(zip(FIELDS, _DTYPES, strict=True))
+    with VectorWriter(out, fields, crs, layer=out.stem, geometry_type="Polygon") as writer:
 
+        def write(batch: list[_Region]) -> None:
+            batch = _top_left_first(batch)
+            index = np.array([r.value for r in batch], dtype=np.int32)
+            geoms = _geometries([r.polygon for r in batch], transform, unit, simplify)
+            writer.write(geoms, _columns(batch, index, table, pixel_area))
+            per_class[:] += np.bincount(index, minlength=len(per_class))
+
+        if simplify > 0:
+            write(list(regions))  # coverage simplification: every polygon at once
+        else:
+            batch = []
+            for region in regions:
+                batch.append(region)
+                if len(batch) == batch_size:
+                    write(batch)
+                    batch = []
+            write(batch)
+    features = writer.features
+    logger.info("vectorize: %d regions from %s -> %s", features, labels, out)
+    crs_text = crs.to_string() if crs else None
+    return VectorSummary(
+        out,
+        features,
+        {name: int(per_class[k]) for k, name in enumerate(table.names)},
+        crs_text,
+        "m2" if unit else "pixels",
+    )
+
+
+def _top_left_first(regions: list[_Region]) -> list[_Region]:
+    """Sorted by the top, then the left of their bounds, then class and pixels."""
     bounds = shapely.bounds(np.array([r.polygon for r in regions], dtype=object)).reshape(-1, 4)
     order = np.lexsort(([r.pixels for r in regions], [r.value for r in regions], bounds[:, 0], bounds[:, 1]))
-    regions = [regions[i] for i in order]  # top-left first: the order does not depend on the strips
-    index = np.array([r.value for r in regions], dtype=np.int32)
+    return [regions[i] for i in order]
+
+
+def _columns(regions: list[_Region], index: np.ndarray, table: ClassTable, pixel_area: float | None) -> dict:
+    """The :data:`FIELDS` of the regions."""
     pixels = np.array([r.pixels for r in regions], dtype=np.int64)
     sums = np.array([r.score_sum for r in regions], dtype=np.float64)
     counts = np.array([r.score_count for r in regions], dtype=np.float64)
     nan = np.full(len(regions), np.nan)
-    columns = {
+    return {
         "class_index": index,
         "class_name": np.array([table.names[v] for v in index], dtype=object),
         "pixels": pixels,
         "area_m2": pixels * pixel_area if pixel_area is not None else nan,
         "mean_score": np.divide(sums, counts, out=nan.copy(), where=counts > 0),  # NaN (null) w/o scores
     }
-    geoms = _geometries([r.polygon for r in regions], transform, unit, simplify)
-    write_vector(out, geoms, columns, crs, layer=out.stem, geometry_type="Polygon")
-    per_class = {name: int((index == k).sum()) for k, name in enumerate(table.names)}
-    logger.info("vectorize: %d regions from %s -> %s", len(regions), labels, out)
-    crs_text = crs.to_string() if crs else None
-    return VectorSummary(out, len(regions), per_class, crs_text, "m2" if unit else "pixels")
 
 
 @contextlib.contextmanager
@@ -220,32 +277,58 @@ def to_crs_coordinates(transform, geoms: np.ndarray) -> np.ndarray:
     return shapely.transform(geoms, affine)
 
 
-def _regions(src, score_src, classes: int, strip_rows: int) -> Iterator[_Region]:
-    """The finished regions of the raster, strip by strip, in pixel coordinates."""
-    height, width = src.height, src.width
+def _regions(
+    labels: Path, scores: Path | None, height: int, classes: int, strip_rows: int
+) -> Iterator[_Region]:
+    """The finished regions of the raster, strip by strip, in pixel coordinates.
+
+    Held at a time: one strip (its rasters, and per-piece counts as arrays) and the open
+    pieces (those touching a boundary between strips, until their region is finished).
+    The rasters are opened again for every strip: closing them drops the blocks GDAL
+    cached, which would otherwise grow with the scene up to ``GDAL_CACHEMAX``.
+    """
     open_pieces: dict[int, _Region] = {}
     links = _UnionFind()
     prev_ids = prev_values = None
     base = 0  # global id of a piece = base of its strip + its id in the strip
     for row0 in range(0, height, strip_rows):
-        window = Window(0, row0, width, min(strip_rows, height - row0))
-        values = src.read(1, window=window)
-        _check_values(values, classes, src.name)
-        read_score = (lambda v, w=window: score_src.read(v + 1, window=w)) if score_src is not None else None
-        ids, pieces = _strip_pieces(values, row0, classes, read_score)
-        gids = np.where(ids > 0, ids.astype(np.int64) + base, 0)
-        top = set(np.unique(ids[0]).tolist()) if row0 > 0 else set()
-        bottom = set(np.unique(ids[-1]).tolist()) if row0 + len(values) < height else set()
-        for local, piece in enumerate(pieces, 1):
-            if local in top or local in bottom:
-                open_pieces[base + local] = piece
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(_open(labels, "labels"))
+            score_src = stack.enter_context(_open(scores, "scores")) if scores is not None else None
+            window = Window(0, row0, src.width, min(strip_rows, height - row0))
+            values = src.read(1, window=window)
+            _check_values(values, classes, src.name)
+            read_score = (
+                (lambda v, w=window, s=score_src: s.read(v + 1, window=w)) if score_src is not None else None
+            )
+            ids, stats = _strip_pieces(values, classes, read_score)
+        count = len(stats[0])
+        edge = np.zeros(count + 1, bool)  # by id in the strip: touches the top or bottom boundary
+        if row0 > 0:
+            edge[ids[0]] = True
+        last = row0 + len(values) >= height
+        if not last:
+            edge[ids[-1]] = True
+        seen = np.zeros(count + 1, bool)
+        value, pixels, sums, counts = stats
+        for i, polygon in _strip_polygons(ids, row0):
+            if seen[i]:  # GDAL gives one polygon per 4-connected set of one value: never happens
+                raise RuntimeError(f"vectorize: two polygons for one region at row {row0}")
+            seen[i] = True
+            piece = _Region(int(value[i - 1]), int(pixels[i - 1]), float(sums[i - 1]), int(counts[i - 1]))
+            piece.polygon = polygon
+            if edge[i]:
+                open_pieces[base + i] = piece
             else:
                 yield piece
+        gids = np.where(ids > 0, ids.astype(np.int64) + base, 0)
         if row0 > 0:  # same class right across the boundary: one region
             same = (prev_values == values[0]) & (prev_ids > 0)
             for a, b in np.unique(np.stack([prev_ids[same], gids[0][same]], axis=1), axis=0).tolist():
                 links.union(a, b)
-        alive = {links.find(base + local) for local in bottom - {0}}
+        alive = (
+            set() if last else {links.find(base + local) for local in np.unique(ids[-1]).tolist() if local}
+        )
         groups: dict[int, list[int]] = {}
         for gid in open_pieces:
             root = links.find(gid)
@@ -255,7 +338,21 @@ def _regions(src, score_src, classes: int, strip_rows: int) -> Iterator[_Region]
             yield _merge([open_pieces.pop(gid) for gid in members])
             links.forget(members)
         prev_ids, prev_values = gids[-1], values[-1]
-        base += len(pieces)
+        base += count
+
+
+def _strip_rows(src) -> int:
+    """Default rows per strip: about :data:`STRIP_PIXELS` pixels, whole blocks when they fit."""
+    rows = max(1, STRIP_PIXELS // src.width)
+    block = src.block_shapes[0][0]
+    return rows - rows % block if block <= rows else rows
+
+
+def _strip_polygons(ids: np.ndarray, row0: int) -> Iterator[tuple[int, shapely.Polygon]]:
+    """(id, polygon) of every piece of a strip, in pixel coordinates (GDAL Polygonize, 4-connected)."""
+    offset = rasterio.Affine.translation(0, row0)
+    for geometry, local in shapes(ids, mask=ids > 0, connectivity=4, transform=offset):
+        yield int(local), shapely.geometry.shape(geometry)
 
 
 def _check_values(values: np.ndarray, classes: int, path: str) -> None:
@@ -268,16 +365,22 @@ def _check_values(values: np.ndarray, classes: int, path: str) -> None:
 
 
 def _strip_pieces(
-    values: np.ndarray, row0: int, classes: int, read_score: Callable[[int], np.ndarray] | None
-) -> tuple[np.ndarray, list[_Region]]:
-    """Label one strip: ``[rows, W]`` int32 ids (0: no class, ``i``: ``pieces[i - 1]``) and the pieces."""
+    values: np.ndarray, classes: int, read_score: Callable[[int], np.ndarray] | None
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Label one strip: ``[rows, W]`` int32 ids (0: no class, ``i``: piece ``i``) and per piece arrays.
+
+    The arrays (index ``i - 1`` for piece ``i``) are its class value, pixels, score sum and
+    count of finite scores.
+    """
     ids = np.zeros(values.shape, np.int32)
-    pieces: list[_Region] = []
+    stats: list[list[np.ndarray]] = [[], [], [], []]
+    count = 0
     for value in np.unique(values[values < classes]).tolist():
         mask = values == value
         lab, n = ndimage.label(mask, structure=_CROSS)
         flat = lab[mask]
-        ids[mask] = flat + len(pieces)
+        ids[mask] = flat + count
+        count += n
         pixels = np.bincount(flat, minlength=n + 1)[1:]
         sums = counts = np.zeros(n)
         if read_score is not None:
@@ -285,15 +388,9 @@ def _strip_pieces(
             finite = np.isfinite(band)
             sums = np.bincount(flat, weights=np.where(finite, band, 0.0), minlength=n + 1)[1:]
             counts = np.bincount(flat, weights=finite, minlength=n + 1)[1:]
-        pieces += [
-            _Region(value, int(p), float(s), int(c)) for p, s, c in zip(pixels, sums, counts, strict=True)
-        ]
-    offset = rasterio.Affine.translation(0, row0)
-    for geometry, local in shapes(ids, mask=ids > 0, connectivity=4, transform=offset):
-        piece = pieces[int(local) - 1]
-        polygon = shapely.geometry.shape(geometry)
-        piece.polygon = polygon if piece.polygon is None else shapely.union(piece.polygon, polygon)
-    return ids, pieces
+        for column, array in zip(stats, (np.full(n, value), pixels, sums, counts), strict=True):
+            column.append(array)
+    return ids, tuple(np.concatenate(c) if c else np.zeros(0) for c in stats)
 
 
 def _merge(pieces: list[_Region]) -> _Region:
