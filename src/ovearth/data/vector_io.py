@@ -11,9 +11,9 @@ atomic (temporary file beside the target, renamed when the writer closes without
 so an error never leaves a partial file. Per format:
 
 - GeoPackage: each batch is appended to the layer by GDAL (one transaction per batch).
-- GeoJSON: GDAL writes each batch to a scratch GeoJSON beside the output, whose features
-  are copied into the output as text (GDAL's own appending re-reads the whole file for
-  every batch, which is quadratic). The output is the file GDAL writes in one go.
+- GeoJSON: GDAL writes each batch in memory (``io.BytesIO``) and its features are copied
+  into the output as text (GDAL's own appending re-reads the whole file for every batch,
+  which is quadratic). The output is, byte for byte, the file GDAL writes in one go.
 - GeoParquet: one row group per batch (``pyarrow.parquet.ParquetWriter``). The ``geo``
   metadata is written when the writer closes, with the bounding box and geometry types
   of all batches; it is file key-value metadata and the Arrow schema is not stored
@@ -29,6 +29,7 @@ field schema (GeoPackage and GeoParquet keep both).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import warnings
@@ -331,46 +332,47 @@ class _OgrSink(_Sink):
 
 
 class _GeoJsonSink(_OgrSink):
-    """GDAL writes each batch to a scratch file; its features are copied into the output as text.
+    """GDAL writes each batch in memory; its features are copied into the output as text.
 
-    The output is byte for byte what GDAL writes for all features at once: the scratch
-    file's header (up to ``"features": [``), the features of every batch separated by a
-    comma and a line break, and GDAL's closing lines.
+    The output is byte for byte what GDAL writes for all features at once: GDAL's text of
+    the first batch up to its last feature, the features of the next ones (after their
+    ``"features": [``, each batch after a comma), and the first batch's closing lines.
     """
 
     _START = b'"features": ['  # a JSON string cannot hold an unescaped quote: found only as the member
 
     def __init__(self, temp: Path, driver: str, layer: str, crs: CRS | None, geometry_type: str | None):
         super().__init__(temp, driver, layer, crs, geometry_type)
-        self.scratch = temp.with_name(temp.name + ".batch.geojson")
         self.out = None
+        self.tail = b""  # GDAL's text after the last feature
 
     def write(self, geoms, data) -> None:
         if self.kind is None:
             self.kind = _ogr_type(self.geometry_type, sorted(_types(geoms)))
-        try:
-            self._write(self.scratch, geoms, data, append=False)
-            text = self.scratch.read_bytes()
-        finally:
-            self.scratch.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        self._write(buffer, geoms, data, append=False)
+        text = buffer.getvalue()
         start = text.index(self._START) + len(self._START)
-        body = text[start : text.rindex(b"]")].strip()
-        if self.out is None:
-            self.out = open(self.temp, "wb")  # closed by close() or abort()
-            self.out.write(text[:start] + b"\n")
-        else:
-            self.out.write(b",\n")
-        self.out.write(body)
+        end = text.rindex(b"]")  # GDAL's closing "]" of the features
+        while text[end - 1] in b" \t\r\n":
+            end -= 1
+        with memoryview(text) as view:
+            if self.out is None:
+                self.out = open(self.temp, "wb")  # closed by close() or abort()
+                self.out.write(view[:end])
+                self.tail = text[end:]
+            else:
+                self.out.write(b",")
+                self.out.write(view[start:end])
 
     def close(self, empty) -> None:
         if self.out is None:
             super().close(empty)
             return
-        self.out.write(b"\n]\n}\n")
+        self.out.write(self.tail)
         self.out.close()
 
     def abort(self) -> None:
-        self.scratch.unlink(missing_ok=True)
         if self.out is not None:
             self.out.close()
 
