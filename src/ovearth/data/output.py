@@ -29,14 +29,23 @@ def check_output_dir(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"-o {path}: this is a file, not a folder; give a folder for the outputs.")
+    check_writable_under(path, f"-o {path}", "no folder can be made under it")
+    return path
+
+
+def check_writable_under(path: Path, label: str, what: str) -> None:
+    """Raise InputError unless the nearest existing folder at or above ``path`` can be written.
+
+    ``label`` starts the sentence (the option or file); ``what`` says what a file in the
+    way prevents (e.g. "no folder can be made under it").
+    """
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"-o {path}: {existing} is a file, so no folder can be made under it.")
+        raise InputError(f"{label}: {existing} is a file, so {what}.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"-o {path}: {existing} cannot be written (read-only or no permission).")
-    return path
+        raise InputError(f"{label}: {existing} cannot be written (read-only or no permission).")
 
 
 def is_own_output(file: Path) -> bool:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from rasterio.errors import CRSError
 
 from ..errors import InputError
 from .atomic import atomic_path
+from .output import check_writable_under
 
 #: Supported output suffixes and their GDAL driver (None: written with pyarrow).
 VECTOR_SUFFIXES: dict[str, str | None] = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".parquet": None}
@@ -70,13 +70,7 @@ def check_vector_path(path: str | Path) -> Path:
         )
     if path.is_dir():
         raise InputError(f"{path}: this is a folder; give a file name ending in {suffix}.")
-    existing = path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{path}: {existing} is a file, so the output cannot be written under it.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: {existing} cannot be written (read-only or no permission).")
+    check_writable_under(path.parent, str(path), "the output cannot be written under it")
     if VECTOR_SUFFIXES[suffix] is None:
         _pyarrow(path)
     return path
