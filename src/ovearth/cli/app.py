@@ -52,8 +52,8 @@ PresetOption = Annotated[
     typer.Option(help="Dataset protocol (classes and thresholds), e.g. loveda; see `ovearth datasets`."),
 ]
 BandsOption = Annotated[str | None, typer.Option(help="GeoTIFF bands for R,G,B, e.g. 3,2,1.")]
-RefineAtOption = Annotated[str, typer.Option(help="fusion (per prompt) or backbone (once per view).")]
-RefineForOption = Annotated[str, typer.Option(help="At fusion: decoder, mask or both.")]
+RefineAtOption = Annotated[str | None, typer.Option(help="fusion (per prompt) or backbone (once per view).")]
+RefineForOption = Annotated[str | None, typer.Option(help="At fusion: decoder, mask or both.")]
 ZoomOption = Annotated[
     str, typer.Option(help="Two-pass zoom on the least certain regions, e.g. k=4,scale=2.")
 ]

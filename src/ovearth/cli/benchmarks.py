@@ -63,10 +63,10 @@ def eval_(
         int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
     ] = None,
     refine: Annotated[
-        str, typer.Option(help="Token refinement, e.g. 'smooth:a=0.2' (see `ovearth refiners`).")
-    ] = "",
-    refine_at: RefineAtOption = "fusion",
-    refine_for: RefineForOption = "both",
+        str | None, typer.Option(help="Token refinement, e.g. 'smooth:a=0.2' (see `ovearth refiners`).")
+    ] = None,
+    refine_at: RefineAtOption = None,
+    refine_for: RefineForOption = None,
     zoom: ZoomOption = "",
     skip_absent: SkipAbsentOption = False,
     precision: PrecisionOption = "float32",

@@ -81,13 +81,13 @@ def segment(
         int | None, typer.Option(help="Prompts per batch (memory bound); default 1 on CPU, 16 on GPU.")
     ] = None,
     refine: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Token refinement, e.g. 'smooth:a=0.2+lowpass:r=12,b=0.2' (see `ovearth refiners`)."
         ),
-    ] = "",
-    refine_at: RefineAtOption = "fusion",
-    refine_for: RefineForOption = "both",
+    ] = None,
+    refine_at: RefineAtOption = None,
+    refine_for: RefineForOption = None,
     zoom: ZoomOption = "",
     skip_absent: SkipAbsentOption = False,
     precision: PrecisionOption = "float32",

@@ -110,7 +110,7 @@ def train(
     from ..train.settings import TrainSettings
 
     protocol = protocol_from(dataset, dataset_config)
-    if images is not None or labels is not None:
+    if (images is not None or labels is not None) and protocol.layout is not None:
         layout = dataclasses.replace(
             protocol.layout,
             images=images or protocol.layout.images,

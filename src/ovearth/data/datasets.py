@@ -170,8 +170,8 @@ class SegmentationDataset:
             for self-training on pseudo-labels).
 
     Raises:
-        InputError: missing root, images or labels folder, no image with the
-            protocol's suffix, or a bad ``limit``.
+        InputError: a protocol without layout (a preset), missing root, images or labels
+            folder, no image with the protocol's suffix, or a bad ``limit``.
 
     """
 
@@ -185,6 +185,12 @@ class SegmentationDataset:
         self.protocol = protocol if isinstance(protocol, DatasetProtocol) else load_protocol(protocol)
         self.root = Path(root)
         layout = self.protocol.layout
+        if layout is None:
+            raise InputError(
+                f"{self.protocol.source}: no 'layout' section; this file is a preset (classes and "
+                "settings, for segment --preset), not a dataset protocol. Add layout: {images, labels, "
+                "image_suffix, label_suffix} to evaluate with it."
+            )
         self.images_dir = self.root / layout.images
         self.labels_dir = self.root / layout.labels
         expect = (

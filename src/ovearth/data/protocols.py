@@ -9,13 +9,21 @@ anywhere a protocol name is. Schema::
     classes: [background, "building,house", road, ...]   # label order, synonyms by ","
     segment: {confidence_threshold: 0.5, prob_thd: 0.5, bg_idx: 0, slide_crop: 0, slide_stride: 0}
     # segment.class_prob_thd (optional): {building: 0.4, road: 0.3}, per-class thresholds
+    # segment (optional): prompt_form, refine, refine_at, refine_for, use_instances,
+    #   use_semantic, use_presence (the SegmentSettings fields of the same names)
     labels: {reduce_zero_label: true, ignore_index: 255, report: building}  # report optional
     layout: {images: img_dir/val, labels: ann_dir/val, image_suffix: .png, label_suffix: .png}
     # layout.split (optional): a file of image names, one per line, relative to the data root
+    # calibration (optional): a record of how the file was made (``ovearth calibrate``),
+    #   kept for people; it does not change what runs
+
+A file without ``layout`` is a preset (``segment --preset FILE``): classes and settings
+only; ``eval`` needs the layout. :func:`protocol_yaml` writes files in this schema.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ from ..segment.vocabulary import Vocabulary
 
 #: the schema: section -> field -> type (``float`` fields also take integers)
 _FIELDS: dict[str, dict[str, type]] = {
-    "": {"name": str, "title": str, "classes": list},
+    "": {"name": str, "title": str, "classes": list, "calibration": dict},
     "segment": {
         "confidence_threshold": float,
         "prob_thd": float,
@@ -40,6 +48,12 @@ _FIELDS: dict[str, dict[str, type]] = {
         "slide_crop": int,
         "slide_stride": int,
         "prompt_form": str,
+        "refine": str,
+        "refine_at": str,
+        "refine_for": str,
+        "use_instances": bool,
+        "use_semantic": bool,
+        "use_presence": bool,
     },
     "labels": {"reduce_zero_label": bool, "ignore_index": int, "report": str},
     "layout": {"images": str, "labels": str, "image_suffix": str, "label_suffix": str, "split": str},
@@ -62,8 +76,8 @@ def _check_types(values: dict[str, Any], section: str, path: Path) -> None:
     """Each present field has its schema type (a quoted "false" is text, not a boolean)."""
     for key, value in values.items():
         kind = _FIELDS[section].get(key)
-        if kind is None:
-            continue
+        if kind is None or (section == "segment" and key == "bg_idx" and value is None):
+            continue  # bg_idx: null = low-score pixels are unclassified (254)
         ok = (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if kind is float
@@ -105,7 +119,7 @@ class DatasetProtocol:
         reduce_zero_label: label 0 becomes ignore and the others drop by one.
         ignore_index: label value excluded from metrics.
         report: for binary sets, the class whose IoU is the headline number.
-        layout: folder layout under the data root.
+        layout: folder layout under the data root (None: a preset, not usable by ``eval``).
         source: the YAML file it came from.
 
     """
@@ -117,7 +131,7 @@ class DatasetProtocol:
     reduce_zero_label: bool
     ignore_index: int
     report: str | None
-    layout: Layout
+    layout: Layout | None
     source: Path
 
 
@@ -181,6 +195,12 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
             raise InputError(f"{path}: missing field '{key}'.")
     if not isinstance(data["classes"], list):
         raise InputError(f"{path}: 'classes' must be a list, one class per item.")
+    unknown = sorted(set(data) - set(_FIELDS[""]) - {"segment", "labels", "layout"})
+    if unknown:
+        raise InputError(
+            f"{path}: unknown field '{unknown[0]}'; allowed: "
+            f"{', '.join(sorted([*_FIELDS[''], 'segment', 'labels', 'layout']))}."
+        )
     _check_types(data, "", path)
     bad = next((c for c in data["classes"] if not isinstance(c, str)), None)
     if bad is not None:
@@ -197,7 +217,7 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
     except TypeError as error:
         raise InputError(f"{path}: bad 'segment' value ({error}).") from None
     labels = _section(data, "labels", _LABEL_KEYS, path, set())
-    layout = _section(data, "layout", _LAYOUT_KEYS, path, _LAYOUT_REQUIRED)
+    layout = _section(data, "layout", _LAYOUT_KEYS, path, _LAYOUT_REQUIRED if "layout" in data else set())
     report = labels.get("report")
     if report is not None and report not in vocabulary.labels:
         raise InputError(f"{path}: labels.report '{report}' is not one of the classes {vocabulary.labels}.")
@@ -209,6 +229,70 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
         reduce_zero_label=bool(labels.get("reduce_zero_label", False)),
         ignore_index=int(labels.get("ignore_index", 255)),
         report=report,
-        layout=Layout(**{k: str(v) for k, v in layout.items()}),
+        layout=Layout(**{k: str(v) for k, v in layout.items()}) if layout else None,
         source=path,
     )
+
+
+#: ``segment`` fields written by :func:`protocol_yaml` whatever their value (the protocol's numbers)
+_ALWAYS_WRITTEN = ("confidence_threshold", "prob_thd", "bg_idx", "slide_crop", "slide_stride")
+
+
+def protocol_yaml(
+    name: str,
+    vocabulary: Vocabulary,
+    settings: SegmentSettings,
+    *,
+    title: str | None = None,
+    reduce_zero_label: bool = False,
+    ignore_index: int = 255,
+    report: str | None = None,
+    layout: Layout | None = None,
+    calibration: dict[str, Any] | None = None,
+    comment: str = "",
+) -> str:
+    """A protocol file (the schema above) that :func:`load_protocol` reads back to the same run.
+
+    ``segment`` holds the thresholds and slide settings always (``bg_idx: null`` for
+    unclassified), the per-class thresholds when set, and every other schema field whose
+    value differs from :class:`SegmentSettings`' default. Fields outside the schema (batch
+    sizes, precision, zoom) are run options, not part of a protocol, and are not written.
+
+    Args:
+        name: the protocol's short name.
+        vocabulary: classes in label order (synonyms written ``a,b``).
+        settings: the segmentation settings.
+        title: display name (``name`` when None).
+        reduce_zero_label: the label rule of the same name.
+        ignore_index: label value excluded from metrics.
+        report: for binary sets, the class whose IoU is the headline number.
+        layout: the folder layout; None writes a preset (no ``layout``).
+        calibration: a record of how the file was made, kept as is.
+        comment: lines written as YAML comments at the top.
+
+    """
+    defaults = SegmentSettings()
+    segment: dict[str, Any] = {}
+    for key in _FIELDS["segment"]:
+        value = getattr(settings, key)
+        if key == "class_prob_thd":
+            if value:
+                segment[key] = {k: float(v) for k, v in value}
+        elif key in _ALWAYS_WRITTEN or value != getattr(defaults, key):
+            segment[key] = float(value) if _FIELDS["segment"][key] is float else value
+    labels: dict[str, Any] = {"reduce_zero_label": bool(reduce_zero_label), "ignore_index": int(ignore_index)}
+    if report is not None:
+        labels["report"] = report
+    data: dict[str, Any] = {
+        "name": name,
+        "title": title or name,
+        "classes": [",".join(names) for names in vocabulary.classes],
+        "segment": segment,
+        "labels": labels,
+    }
+    if layout is not None:
+        data["layout"] = {k: v for k, v in dataclasses.asdict(layout).items() if v is not None}
+    if calibration is not None:
+        data["calibration"] = calibration
+    head = "".join(f"# {line}\n".replace("# \n", "#\n") for line in comment.splitlines())
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
