@@ -14,11 +14,13 @@ the OpenEarthMap protocol (14 names, 512 crops / 512 stride, percentile stretch)
 
 Reports each child's peak RSS (``VmHWM``), the difference, the time and the number of
 windows. ``--whole SIZE`` also runs the whole-image path on a SIZE x SIZE scene, to show
-how that grows with the area. ``--gis`` writes every GIS output as ``segment`` would with
-``--scores --vector gpkg --objects`` (COG labels and scores with overviews, polygons, objects),
-and reports the files' sizes and feature counts::
+how that grows with the area. ``--gis`` writes the GIS outputs as ``segment`` would with
+``--scores --vector gpkg`` (COG labels and scores with overviews, polygons) and reports the
+files' sizes and feature counts; ``--objects`` adds the objects layer (``--objects``), whose
+instances are held until the end of the scene (deduplication needs them together)::
 
     python benchmarks/scene_memory.py --size 10000 --gis --out benchmarks/results
+    python benchmarks/scene_memory.py --size 2000 --gis --objects --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def peak_rss_kb() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def child(kind: str, model: str, path: str, out: str, gis: bool = False) -> None:
+def child(kind: str, model: str, path: str, out: str, gis: str = "") -> None:
     """Run one measurement and print a JSON line with its peak RSS."""
     from ovearth import Segmentor, load_model
     from ovearth.data.protocols import load_protocol
@@ -85,7 +87,7 @@ def child(kind: str, model: str, path: str, out: str, gis: bool = False) -> None
         rgb = np.full((512, 512, 3), 120, np.uint8)
         seg.predict(rgb)
     else:
-        extra = {"scores": True, "vector": "gpkg", "objects": True} if gis else {}
+        extra = {"scores": True, "vector": "gpkg", "objects": gis == "objects"} if gis else {}
         options = FileOptions(windowed=kind == "scene", **extra)
         prediction, paths = segment_file(seg, path, out, options)
         if kind == "scene":
@@ -94,7 +96,8 @@ def child(kind: str, model: str, path: str, out: str, gis: bool = False) -> None
             import pyogrio
 
             result["files_mb"] = {k: round(p.stat().st_size / 2**20, 1) for k, p in paths.items()}
-            result["features"] = {k: pyogrio.read_info(paths[k])["features"] for k in ("polygons", "objects")}
+            layers = ("polygons", "objects") if gis == "objects" else ("polygons",)
+            result["features"] = {k: pyogrio.read_info(paths[k])["features"] for k in layers}
     result.update(
         kind=kind,
         seconds=round(time.perf_counter() - start, 1),
@@ -103,11 +106,12 @@ def child(kind: str, model: str, path: str, out: str, gis: bool = False) -> None
     print(json.dumps(result))
 
 
-def run_child(kind: str, model: Path, path: Path, out: Path, gis: bool = False) -> dict:
-    command = [sys.executable, __file__, "--child", kind, str(model), str(path), str(out), str(int(gis))]
+def run_child(kind: str, model: Path, path: Path, out: Path, gis: str = "") -> dict:
+    command = [sys.executable, __file__, "--child", kind, str(model), str(path), str(out), gis or "-"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"the {kind} run failed:\n{done.stderr}")
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        raise SystemExit(f"the {kind} run failed ({how}):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -116,11 +120,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--whole", type=int, default=0, help="also run the whole-image path at this size")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--gis", action="store_true", help="also write scores, polygons and objects")
+    parser.add_argument("--gis", action="store_true", help="also write scores and polygons")
+    parser.add_argument("--objects", action="store_true", help="with --gis, also write the objects layer")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child[:4], gis=args.child[4] == "1")
+        child(*args.child[:4], gis="" if args.child[4] == "-" else args.child[4])
         return
     from ovearth.model.testing import save_tiny_model
 
@@ -133,7 +138,8 @@ def main() -> None:
         print(f"wrote {args.size} x {args.size} scene in {time.perf_counter() - start:.0f} s", flush=True)
         base = run_child("model", model, scene, tmp / "o")
         print(base, flush=True)
-        windowed = run_child("scene", model, scene, tmp / "o", args.gis)
+        gis = ("objects" if args.objects else "polygons") if args.gis else ""
+        windowed = run_child("scene", model, scene, tmp / "o", gis)
         print(windowed, flush=True)
         with rasterio.open(tmp / "o" / "scene_labels.tif") as labels:
             layout = {
@@ -151,7 +157,7 @@ def main() -> None:
             "windowed": windowed,
             "added_peak_rss_gb": round(windowed["peak_rss_gb"] - base["peak_rss_gb"], 3),
             "labels_file": layout,
-            "gis_outputs": args.gis,
+            "gis_outputs": gis or False,
         }
         if args.whole:
             small = tmp / "whole.tif"
@@ -159,7 +165,7 @@ def main() -> None:
             record["whole_image"] = {"size": args.whole, **run_child("whole", model, small, tmp / "w")}
     print(json.dumps(record, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"scene_memory_{args.size}{'_gis' if args.gis else ''}.json"
+    name = f"scene_memory_{args.size}{'_gis' if args.gis else ''}{'_objects' if args.objects else ''}.json"
     (args.out / name).write_text(json.dumps(record, indent=2) + "\n")
 
 

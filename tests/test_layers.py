@@ -24,6 +24,7 @@ LAYERS = {
     "data": 4,
     "probe": 5,
     "train": 5,
+    "calibrate": 5,
     "run": 6,
     "cli": 7,
     "__main__": 8,

@@ -38,6 +38,19 @@ from .app import (
 )
 
 
+def with_split(protocol, split: Path):
+    """The protocol reading only the images listed in ``split`` (its ``layout.split``)."""
+    import dataclasses
+
+    if protocol.layout is None:
+        return protocol  # the dataset reader says what is missing
+    if not split.is_file():
+        raise InputError(f"{split}: no such split file.")
+    return dataclasses.replace(
+        protocol, layout=dataclasses.replace(protocol.layout, split=str(split.resolve()))
+    )
+
+
 @app.command("eval")
 def eval_(
     output: OutputOption,
@@ -53,6 +66,12 @@ def eval_(
     adapter: AdapterOption = None,
     mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option(
+            help="Only the images this file lists (names relative to the images folder, no suffix)."
+        ),
+    ] = None,
     skip_bad: SkipBadOption = False,
     save_predictions: Annotated[
         bool, typer.Option("--save-predictions", help="Keep colour label maps.")
@@ -80,6 +99,8 @@ def eval_(
     from ..data.datasets import SegmentationDataset
 
     protocol = protocol_from(dataset, dataset_config)
+    if split is not None:
+        protocol = with_split(protocol, split)
     data = SegmentationDataset(protocol, data_root, limit=limit)
     prob_thd, class_prob_thd = parse_prob_thd(prob_thd)  # noqa: F841 (read by given_settings)
     settings = protocol.settings.replace(**given_settings(locals()))

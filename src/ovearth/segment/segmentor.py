@@ -192,6 +192,10 @@ class Segmentor:
         """
         self._held = HeldImage(key=image_digest(to_chw_uint8(image)))
 
+    def release_image(self) -> None:
+        """Drop the features kept by :meth:`set_image` (segmentors made by :meth:`with_classes` keep them)."""
+        self._held = None
+
     def with_classes(self, classes: str | Sequence[str | Sequence[str]] | Vocabulary) -> Segmentor:
         """A segmentor for another vocabulary with the same model, settings, refiner and held image."""
         other = Segmentor(self.loaded, classes, settings=self.settings, refiner=self.pipeline)
@@ -251,16 +255,26 @@ class Segmentor:
         )
 
     @torch.inference_mode()
-    def name_logits(self, view: Tensor, found: list[Instance] | None = None) -> tuple[Tensor, Tensor]:
+    def name_logits(
+        self, view: Tensor, found: list[Instance] | None = None, confidences: Sequence[float] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Per-name logits of a whole image, averaged over its views (sliding windows, zoom regions).
 
         Args:
             view: ``[3, H, W]`` uint8 image.
             found: when a list, the instances of every view are added to it (image
                 coordinates, not deduplicated).
+            confidences: ``G`` confidence thresholds: the logits for each, from one run of
+                the model (fast mode, no zoom, no ``found``); what ``ovearth calibrate``
+                searches. Each equals the logits of a segmentor with that
+                ``confidence_threshold`` (tested).
 
         Returns:
-            ``([P, H, W] logits, [P] presence)``; presence is the max over views.
+            ``([P, H, W] logits, [P] presence)`` (``[G, P, H, W]`` with ``confidences``);
+            presence is the max over views.
+
+        Raises:
+            InputError: ``confidences`` with reference mode, zoom, or ``found``.
 
         """
         device = self.stages.device
@@ -269,13 +283,20 @@ class Segmentor:
         s = self.settings
         windows = views_for(height, width, s.slide_crop, s.slide_stride)
         num_names = len(self.vocabulary.names)
-        total = torch.zeros(num_names, height, width, device=device)
+        if confidences is not None and (
+            s.mode == "reference" or s.parsed_zoom is not None or found is not None
+        ):
+            raise InputError(
+                "Logits for several confidence thresholds come from the fast mode without zoom or instances."
+            )
+        grid = () if confidences is None else (len(confidences),)
+        total = torch.zeros(*grid, num_names, height, width, device=device)
         count = torch.zeros(height, width, device=device)
         presence = torch.zeros(num_names, device=device)
         zoom = s.parsed_zoom
         skip = self.can_skip(windows, height, width)
         held = self._held if self._held is not None and self._held.key == image_digest(view) else None
-        self._add_views(view, windows, total, count, presence, skip, held, found)
+        self._add_views(view, windows, total, count, presence, skip, held, found, confidences)
         if zoom is not None:  # second pass: the least certain regions as extra views
             first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
             self._add_views(view, choose_regions(first, zoom), total, count, presence, held=held, found=found)
@@ -303,6 +324,7 @@ class Segmentor:
         skip: bool = False,
         held: HeldImage | None = None,
         found: list[Instance] | None = None,
+        confidences: Sequence[float] | None = None,
     ) -> None:
         """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
         for start in range(0, len(windows), self.view_batch):
@@ -310,9 +332,9 @@ class Segmentor:
             crops = [view[:, w.y1 : w.y2, w.x1 : w.x2] for w in batch]
             keys = None if held is None else [(w.y1, w.y2, w.x1, w.x2) for w in batch]
             sinks = None if found is None else [[] for _ in batch]
-            results = self.crop_logits(crops, skip, keys, held, sinks)
+            results = self.crop_logits(crops, skip, keys, held, sinks, confidences)
             for i, (window, (logits, pres)) in enumerate(zip(batch, results, strict=True)):
-                total[:, window.y1 : window.y2, window.x1 : window.x2] += logits
+                total[..., window.y1 : window.y2, window.x1 : window.x2] += logits
                 count[window.y1 : window.y2, window.x1 : window.x2] += 1
                 torch.maximum(presence, pres, out=presence)
                 if sinks is not None:
@@ -326,6 +348,7 @@ class Segmentor:
         keys: list[tuple] | None = None,
         held: HeldImage | None = None,
         sinks: list[list[Instance]] | None = None,
+        confidences: Sequence[float] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """Per-name logits of views run through the backbone together (no averaging).
 
@@ -337,9 +360,10 @@ class Segmentor:
                 ``held`` are reused, the others computed and added (fast mode).
             held: the features kept by :meth:`set_image`.
             sinks: one list per crop; each view's instances (view coordinates) are added.
+            confidences: see :meth:`name_logits` (fast mode only).
 
         Returns:
-            Per view ``([P, h, w] logits, [P] presence)``.
+            Per view ``([P, h, w] logits, [P] presence)`` (``[G, P, h, w]`` with ``confidences``).
 
         """
         size = self.stages.image_size
@@ -375,18 +399,29 @@ class Segmentor:
                     held.views.update({keys[i]: features for i, features in computed.items()})
             views = [computed[i] if i in computed else held.views[keys[i]] for i in range(len(crops))]
             return [
-                self._view_logits_fast(v, crop, skip, sink)
+                self._view_logits_fast(v, crop, skip, sink, confidences)
                 for v, crop, sink in zip(views, crops, sinks, strict=True)
             ]
 
     def _view_logits_fast(
-        self, vision: VisionFeatures, crop: Tensor, skip: bool = False, sink: list[Instance] | None = None
+        self,
+        vision: VisionFeatures,
+        crop: Tensor,
+        skip: bool = False,
+        sink: list[Instance] | None = None,
+        confidences: Sequence[float] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """All names of one view, in prompt batches: ``([P, h, w], [P])``."""
+        """All names of one view, in prompt batches: ``([P, h, w], [P])``.
+
+        With ``confidences`` (``G`` values), the logits for each of them as the confidence
+        threshold: ``([G, P, h, w], [P])``, from one run of the decoders; each map equals the
+        one a segmentor with that ``confidence_threshold`` computes (same calls).
+        """
         s = self.settings
         stages = self.stages
         size = (int(crop.shape[-2]), int(crop.shape[-1]))
         names = self.vocabulary.names
+        grid = (s.confidence_threshold,) if confidences is None else tuple(confidences)
         cache: dict = {}  # per-view scratch space shared by the refiners
         if self.pipeline and s.refine_at == "backbone":
             vision = refine_backbone(stages, vision, self.pipeline, RefineContext(view=crop, cache=cache))
@@ -394,7 +429,7 @@ class Segmentor:
         shared = stages.first_self_attention(vision)  # the prompt-free first block, once per view
         num_names = text.features.shape[0]
         batch = self.prompt_batch
-        logits = torch.zeros(num_names, *size, device=stages.device)
+        logits = torch.zeros(len(grid), num_names, *size, device=stages.device)
         presence_all = torch.zeros(num_names, device=stages.device)
         for start in range(0, num_names, batch):
             chunk = slice(start, min(start + batch, num_names))
@@ -409,9 +444,6 @@ class Segmentor:
                 for_mask = refined if s.refine_for in ("both", "mask") else fused.tokens
             decoded = stages.decode(fused, for_decoder)
             scores, presence = decoded.scores()
-            keep = (
-                scores > s.confidence_threshold if s.use_instances else torch.zeros_like(scores, dtype=bool)
-            )
             presence_all[chunk] = presence
             # prompts whose mask decoder can matter (all, unless a provable skip applies)
             rows = (
@@ -419,40 +451,66 @@ class Segmentor:
                 if skip
                 else torch.arange(len(presence), device=presence.device)
             )
-            if skip:
-                keep[presence < s.lowest_prob_thd] = False
-            kept_any = keep.any(dim=1).tolist()
-            if len(rows) == 0 or not (s.use_semantic or any(kept_any)):
+            keeps = [self._kept(scores, presence, c, skip) for c in grid]
+            if len(rows) == 0 or not (s.use_semantic or any(keep.any() for keep in keeps)):
                 continue
             every = len(rows) == len(presence)
             pixel_embed = stages.pixel_embed(
                 vision, fused if every else fused.select(rows), for_mask if every else for_mask[rows]
             )
-            term = torch.zeros(len(presence), *size, device=stages.device)
-            if self.batched_instances and any(kept_any):  # padded to the largest count: few syncs
-                index, weight = kept_padded(scores[rows], keep[rows])
-                selected = decoded.queries[rows]
-                queries = selected.gather(1, index[..., None].expand(-1, -1, selected.shape[-1]))
-                masks = stages.instance_logits(pixel_embed, queries)
-                term[rows] = instance_max_batched(masks, weight, size)
+            semantic = semantic_probs(stages.semantic_logits(pixel_embed), size) if s.use_semantic else None
+            for g, keep in enumerate(keeps):
+                term = torch.zeros(len(presence), *size, device=stages.device)
+                self._instance_term(term, pixel_embed, decoded, scores, keep, rows, start, size, sink)
+                if semantic is not None:
+                    term[rows] = torch.maximum(term[rows], semantic)
+                if s.use_presence:
+                    term = term * presence[:, None, None].float()
+                logits[g, chunk] = term
+        return (logits[0] if confidences is None else logits), presence_all
+
+    def _kept(self, scores: Tensor, presence: Tensor, confidence: float, skip: bool) -> Tensor:
+        """``[B, Q]`` bool: the queries kept at ``confidence`` (none without the instance term)."""
+        s = self.settings
+        keep = scores > confidence if s.use_instances else torch.zeros_like(scores, dtype=bool)
+        if skip:
+            keep[presence < s.lowest_prob_thd] = False
+        return keep
+
+    def _instance_term(
+        self,
+        term: Tensor,
+        pixel_embed: Tensor,
+        decoded: Any,
+        scores: Tensor,
+        keep: Tensor,
+        rows: Tensor,
+        start: int,
+        size: tuple[int, int],
+        sink: list[Instance] | None,
+    ) -> None:
+        """Write the instance term of the ``keep`` queries of each prompt into ``term [B, h, w]``."""
+        stages = self.stages
+        kept_any = keep.any(dim=1).tolist()
+        if not any(kept_any):
+            return
+        if self.batched_instances:  # padded to the largest count: few syncs
+            index, weight = kept_padded(scores[rows], keep[rows])
+            selected = decoded.queries[rows]
+            queries = selected.gather(1, index[..., None].expand(-1, -1, selected.shape[-1]))
+            masks = stages.instance_logits(pixel_embed, queries)
+            term[rows] = instance_max_batched(masks, weight, size)
+            if sink is not None:
+                for j, b in enumerate(rows.tolist()):
+                    n = int((weight[j] > 0).sum())
+                    sink.extend(self._instances(resize(masks[j, :n], size), weight[j, :n], start + b))
+            return
+        for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
+            if kept_any[b]:
+                masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
+                term[b] = instance_max(masks, scores[b][keep[b]], size)
                 if sink is not None:
-                    for j, b in enumerate(rows.tolist()):
-                        n = int((weight[j] > 0).sum())
-                        sink.extend(self._instances(resize(masks[j, :n], size), weight[j, :n], start + b))
-            elif any(kept_any):
-                for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
-                    if kept_any[b]:
-                        masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
-                        term[b] = instance_max(masks, scores[b][keep[b]], size)
-                        if sink is not None:
-                            sink.extend(self._instances(resize(masks, size), scores[b][keep[b]], start + b))
-            if s.use_semantic:
-                semantic = semantic_probs(stages.semantic_logits(pixel_embed), size)
-                term[rows] = torch.maximum(term[rows], semantic)
-            if s.use_presence:
-                term = term * presence[:, None, None].float()
-            logits[chunk] = term
-        return logits, presence_all
+                    sink.extend(self._instances(resize(masks, size), scores[b][keep[b]], start + b))
 
     def _instances(self, mask_logits: Tensor, scores: Tensor, name_index: int) -> list[Instance]:
         """Instances of name ``name_index`` in a view from its kept masks ``[K, h, w]`` and scores."""

@@ -1,0 +1,387 @@
+"""``ovearth calibrate``: choose prompt names, per-class thresholds and the confidence from labelled tiles.
+
+1. **Model pass** (resumable, shardable): every candidate name of every class is run once
+   per image with every confidence of the grid, and its logits at the sampled pixels are
+   cached (:mod:`ovearth.calibrate.cache`) under ``out/cache/<pass key>/<image key>/``.
+   The pass key hashes the model, the settings that change per-name logits, the grid,
+   the stride and the label rules; adding candidates runs only the new names. Under
+   ``torchrun`` each process takes every ``world_size``-th image; rank 0 searches.
+2. **Splits**: images are ordered by the SHA-256 of their names (stable when images are
+   added). The *fixed split* holds out the first ``holdout`` share; the *k folds* take
+   every ``k``-th image of that order.
+3. **Search** (:mod:`ovearth.calibrate.search`), for each confidence of the grid and each
+   split, on the split's calibration images; per split the confidence with the best
+   calibration objective wins (ties: the protocol's, then the lower one).
+4. **Report** (:mod:`ovearth.calibrate.report`): baseline (the protocol) vs calibrated on
+   the held-out images of the fixed split and of every fold; the protocol YAML chosen on
+   the fixed split's calibration images (on all images with ``holdout = 0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+
+from ..calibrate.cache import image_maps, name_key, read_entry, sampled, write_entry
+from ..calibrate.pool import CandidatePool
+from ..calibrate.report import write_report
+from ..calibrate.search import OBJECTIVES, Config, Problem, search
+from ..data.datasets import Sample, SegmentationDataset
+from ..data.output import remove_stale_parts
+from ..errors import InputError
+from ..segment.segmentor import Segmentor
+from .evaluate import Shard, image_key
+
+logger = logging.getLogger(__name__)
+
+#: confidence thresholds tried by default (the protocol's own is always added)
+DEFAULT_CONFIDENCES = (0.3, 0.4, 0.5, 0.6, 0.7)
+#: per-class thresholds tried by default (the protocol's own is always added)
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+#: ``progress(stage, done, total)`` during the model pass and the search (rank 0 only).
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class CalibrateOptions:
+    """What ``ovearth calibrate`` searches and how it reports.
+
+    Attributes:
+        confidences: confidence thresholds tried (None: :data:`DEFAULT_CONFIDENCES`).
+        thresholds: per-class thresholds tried (None: :data:`DEFAULT_THRESHOLDS`).
+        holdout: share of images held out in the fixed split (0: fit on all images).
+        folds: number of folds of the k-fold report (0: none).
+        stride: sample stride ``s``: one pixel in ``s x s`` is cached and scored (1: all,
+            and the held-out numbers equal ``eval``'s exactly).
+        objective: ``"miou"`` or ``"class-iou"`` (see :mod:`ovearth.calibrate.search`).
+        name_batch: names per pass of the per-name stages (memory bound).
+        skip_bad: leave out bad images (listed in the report) instead of stopping.
+
+    """
+
+    confidences: tuple[float, ...] | None = None
+    thresholds: tuple[float, ...] | None = None
+    holdout: float = 0.3
+    folds: int = 5
+    stride: int = 4
+    objective: str = "miou"
+    name_batch: int = 8
+    skip_bad: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise InputError on a bad option (before the model loads)."""
+        if not 0 <= self.holdout < 1:
+            raise InputError(f"--holdout must be a share in [0, 1), got {self.holdout}.")
+        if self.folds < 0 or self.folds == 1:
+            raise InputError(f"--folds must be 0 (none) or at least 2, got {self.folds}.")
+        if self.holdout == 0 and self.folds == 0:
+            raise InputError("--holdout 0 and --folds 0 leave nothing to report on; keep one of them.")
+        if self.stride < 1:
+            raise InputError(f"--sample-stride must be >= 1, got {self.stride}.")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'.")
+        for name, grid in (("--confidences", self.confidences), ("--thresholds", self.thresholds)):
+            if grid is not None and (not grid or any(not 0 <= v <= 1 for v in grid)):
+                raise InputError(f"{name} must list numbers in [0, 1], got {grid}.")
+
+
+@dataclass
+class Split:
+    """Calibration and held-out images (indices into the samples)."""
+
+    name: str
+    calibrate: list[int]
+    heldout: list[int]
+
+
+def make_splits(samples: list[Sample], holdout: float, folds: int) -> list[Split]:
+    """The fixed split (``"fixed"``, or ``"all"`` when ``holdout = 0``) and the folds.
+
+    Raises:
+        InputError: fewer than 2 images, or more folds than images.
+
+    """
+    n = len(samples)
+    if n < 2:
+        raise InputError(f"calibrate needs at least 2 labelled images to hold one out; found {n}.")
+    if folds > n:
+        raise InputError(f"--folds {folds} is more than the {n} images; use at most {n}.")
+    order = sorted(range(n), key=lambda i: hashlib.sha256(samples[i].name.encode()).hexdigest())
+    splits = []
+    if holdout > 0:
+        count = min(max(1, round(holdout * n)), n - 1)
+        held = sorted(order[:count])
+        splits.append(Split("fixed", sorted(order[count:]), held))
+    else:
+        splits.append(Split("all", list(range(n)), []))
+    for f in range(folds):
+        held = sorted(order[f::folds])
+        splits.append(Split(f"fold {f + 1}", sorted(set(range(n)) - set(held)), held))
+    return splits
+
+
+def pass_key(
+    segmentor: Segmentor, dataset: SegmentationDataset, confidences, stride: int
+) -> tuple[str, dict]:
+    """Hash of what changes the cached maps (not the names: each name has its own entry)."""
+    settings = segmentor.settings.semantic_dict()
+    for key in ("confidence_threshold", "prob_thd", "class_prob_thd", "bg_idx", "skip_absent", "mode"):
+        settings.pop(key, None)
+    identity = {
+        "model": segmentor.loaded.fingerprint,
+        "settings": settings,
+        "confidences": list(confidences),
+        "stride": stride,
+        "labels": {
+            "reduce_zero_label": dataset.protocol.reduce_zero_label,
+            "ignore_index": dataset.protocol.ignore_index,
+        },
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16], identity
+
+
+def model_pass(
+    segmentor: Segmentor,
+    samples: list[Sample],
+    names: list[str],
+    cache: Path,
+    options: CalibrateOptions,
+    confidences: tuple[float, ...],
+    shard: Shard,
+    progress: ProgressFn | None = None,
+) -> tuple[int, float]:
+    """Cache every (image, name) of this shard that is not cached yet; ``(images run, seconds)``."""
+    mine = samples[shard.rank :: shard.world_size]
+    start, computed = time.perf_counter(), 0
+    for index, sample in enumerate(mine, start=1):
+        folder = cache / image_key(sample)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = read_entry(folder / "target.npz", ("label", "valid"))
+        missing = [n for n in names if read_entry(folder / name_key(n), ("maps", "presence")) is None]
+        if target is None or missing:
+            image = sample.load_image()
+            if target is None:
+                label = sample.load_label()
+                write_entry(
+                    folder / "target.npz",
+                    label=np.ascontiguousarray(sampled(label, options.stride)),
+                    valid=np.ascontiguousarray(sampled(image.valid, options.stride)),
+                )
+            if missing:
+                found = image_maps(
+                    segmentor,
+                    image.rgb,
+                    image.valid,
+                    missing,
+                    confidences,
+                    options.stride,
+                    options.name_batch,
+                )
+                for name, (maps, presence) in found.items():
+                    write_entry(folder / name_key(name), maps=maps, presence=np.float32(presence))
+                computed += 1
+        if progress is not None and shard.rank == 0:
+            progress("model pass", index, len(mine))
+    return computed, time.perf_counter() - start
+
+
+@dataclass
+class Pixels:
+    """The scored pixels of every image, concatenated (ignored labels left out)."""
+
+    target: np.ndarray  # [N] int64
+    nodata: np.ndarray  # [N] bool
+    image: np.ndarray  # [N] int64, the sample index of each pixel
+    keep: list[np.ndarray]  # per image, the [h' * w'] bool mask of its scored pixels
+
+
+def load_pixels(samples: list[Sample], cache: Path, num_classes: int, ignore_index: int) -> Pixels:
+    """Targets of the cached images, without the pixels whose label is ignored (or not a class)."""
+    targets, nodata, image, keep = [], [], [], []
+    for i, sample in enumerate(samples):
+        entry = read_entry(cache / image_key(sample) / "target.npz", ("label", "valid"))
+        if entry is None:
+            raise InputError(f"{sample.image_path}: its cached label is missing; run calibrate again.")
+        label = entry["label"].reshape(-1).astype(np.int64)
+        mask = (label != ignore_index) & (label < num_classes)
+        keep.append(mask)
+        targets.append(label[mask])
+        nodata.append(~entry["valid"].reshape(-1)[mask])
+        image.append(np.full(int(mask.sum()), i, np.int64))
+    return Pixels(np.concatenate(targets), np.concatenate(nodata), np.concatenate(image), keep)
+
+
+def load_maps(samples: list[Sample], cache: Path, names: list[str], g: int, pixels: Pixels) -> np.ndarray:
+    """``[P, N]`` float32: every name's logits at confidence ``g`` at the scored pixels."""
+    rows = []
+    for name in names:
+        parts = []
+        for sample, keep in zip(samples, pixels.keep, strict=True):
+            entry = read_entry(cache / image_key(sample) / name_key(name), ("maps", "presence"))
+            if entry is None:
+                raise InputError(f"{sample.image_path}: the cached maps of '{name}' are missing; run again.")
+            maps = entry["maps"]
+            parts.append(maps[min(g, len(maps) - 1)].reshape(-1)[keep])
+        rows.append(np.concatenate(parts))
+    return np.stack(rows)
+
+
+def calibrate(
+    segmentor: Segmentor,
+    dataset: SegmentationDataset,
+    pool: CandidatePool,
+    out_dir: str | Path,
+    options: CalibrateOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run the model pass, the search on every split and write the report (see the module docstring).
+
+    Args:
+        segmentor: the protocol's segmentor (model, vocabulary and settings); its
+            thresholds and confidence are the baseline.
+        dataset: the labelled images.
+        pool: the candidate names of each class.
+        out_dir: output folder (report, YAML, cache).
+        options: see :class:`CalibrateOptions`.
+        progress: optional callback.
+
+    Returns:
+        The report's data (``calibration.json``) on rank 0; ``{}`` on other ranks.
+
+    Raises:
+        InputError: bad options or data (before the model pass where possible).
+
+    """
+    options = options or CalibrateOptions()
+    options.check()
+    s = segmentor.settings
+    if s.parsed_zoom is not None:
+        raise InputError(
+            "calibrate caches per-name maps; --zoom ranks regions of the whole vocabulary, so it is off."
+        )
+    protocol = dataset.protocol
+    vocabulary = segmentor.vocabulary
+    if s.bg_idx is None:
+        raise InputError(
+            f"{protocol.source}: calibrate scores labels and needs segment.bg_idx (a class index)."
+        )
+    confidences = tuple(sorted({*(options.confidences or DEFAULT_CONFIDENCES), s.confidence_threshold}))
+    grid = tuple(sorted({*(options.thresholds or DEFAULT_THRESHOLDS), *segmentor.thresholds}))
+    runner = Segmentor(segmentor.loaded, vocabulary, settings=s.replace(skip_absent=False, mode="fast"))
+    out = Path(out_dir)
+    shard = Shard.from_env(runner.stages.device)
+    try:
+        samples, skipped = dataset.samples(skip_bad=options.skip_bad)
+        splits = make_splits(samples, options.holdout, options.folds)
+        key, identity = pass_key(runner, dataset, confidences, options.stride)
+        cache = out / "cache" / key
+        cache.mkdir(parents=True, exist_ok=True)
+        if shard.rank == 0:
+            remove_stale_parts(out)
+            (cache / "run.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        if shard.world_size > 1:
+            dist.barrier()
+        names = pool.names
+        computed, model_seconds = model_pass(
+            runner, samples, names, cache, options, confidences, shard, progress
+        )
+        if shard.world_size > 1:
+            dist.barrier()  # every image's maps are cached before rank 0 reads them
+        if shard.rank != 0:
+            return {}
+        start = time.perf_counter()
+        result = _search_all(
+            samples, splits, cache, pool, segmentor, protocol, confidences, grid, options, progress
+        )
+        search_seconds = time.perf_counter() - start
+        result.update(
+            images=[sample.name for sample in samples],
+            skipped=[{"image": name, "problem": problem} for name, problem in skipped],
+            cost={
+                "model_pass_seconds": round(model_seconds, 3),
+                "images_run": computed,
+                "names": len(names),
+                "search_seconds": round(search_seconds, 3),
+            },
+            pass_key=key,
+            objective=options.objective,
+            sample_stride=options.stride,
+            **runner.record(),
+        )
+        return write_report(out, result, segmentor, dataset, pool, options)
+    finally:
+        shard.close()
+
+
+def _search_all(
+    samples: list[Sample],
+    splits: list[Split],
+    cache: Path,
+    pool: CandidatePool,
+    segmentor: Segmentor,
+    protocol,
+    confidences: tuple[float, ...],
+    grid: tuple[float, ...],
+    options: CalibrateOptions,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """Search every split at every confidence; per split the best confidence's result."""
+    s = segmentor.settings
+    num_classes = len(pool.classes)
+    pixels = load_pixels(samples, cache, num_classes, protocol.ignore_index)
+    start = Config(pool.indices(pool.protocol), tuple(segmentor.thresholds))
+    candidates = pool.indices(pool.classes)
+    names = pool.names
+    found: dict[str, dict[str, Any]] = {}
+    total, done = len(confidences) * len(splits), 0
+    for g, confidence in enumerate(confidences):
+        maps = load_maps(samples, cache, names, g, pixels)
+        problem = Problem(maps, pixels.target, pixels.nodata, pool.name_class, num_classes, s.bg_idx)
+        for split in splits:
+            calibration = problem.select(np.isin(pixels.image, split.calibrate))
+            result = search(calibration, start, candidates, grid, options.objective, names=names)
+            entry = {
+                "confidence": confidence,
+                "config": result.config,
+                "objective": result.objective,
+                "start_objective": result.start_objective,
+                "steps": result.steps,
+                "evaluations": result.evaluations,
+            }
+            if split.heldout:
+                heldout = problem.select(np.isin(pixels.image, split.heldout))
+                entry["heldout"] = heldout.confusion(result.config)
+                if confidence == s.confidence_threshold:
+                    found.setdefault(split.name, {})["baseline"] = heldout.confusion(start)
+            if confidence == s.confidence_threshold:
+                found.setdefault(split.name, {})["baseline_calibration"] = result.start_objective
+            best = found.setdefault(split.name, {}).get("best")
+            protocol_first = confidence == s.confidence_threshold
+            if (
+                best is None
+                or entry["objective"] > best["objective"] + 1e-12
+                or (protocol_first and entry["objective"] >= best["objective"] - 1e-12)
+            ):
+                found[split.name]["best"] = entry
+            done += 1
+            if progress is not None:
+                progress("search", done, total)
+    return {
+        "splits": [
+            {"name": split.name, "calibrate": split.calibrate, "heldout": split.heldout, **found[split.name]}
+            for split in splits
+        ],
+        "confidences": list(confidences),
+        "thresholds": list(grid),
+    }

@@ -1,0 +1,216 @@
+"""``ovearth calibrate`` with the tiny SAM 3: known answers, eval reproduces the report, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ovearth import Segmentor
+from ovearth.calibrate.pool import build_pool
+from ovearth.data.datasets import SegmentationDataset
+from ovearth.data.protocols import load_protocol, protocol_yaml
+from ovearth.errors import InputError
+from ovearth.model.preprocess import to_chw_uint8
+from ovearth.run.calibrate import CalibrateOptions, calibrate
+from ovearth.segment.fusion import finish
+from ovearth.segment.settings import SegmentSettings
+from ovearth.segment.vocabulary import Vocabulary
+
+from .conftest import make_image, run_cli
+from .data.make_synthetic import make_dataset
+
+NAMES = ["background", "building", "house", "roof", "road", "street", "highway"]
+#: the planted answer: class 1 = house or roof, class 2 = street, and their thresholds
+TRUTH_NAMES = [["background"], ["house", "roof"], ["street"]]
+TRUTH_THRESHOLDS = [0.1, 0.24, 0.23]
+GRID = "0.15:0.3:0.01"
+
+
+def test_logits_for_several_confidences_equal_separate_runs(tiny):
+    view = to_chw_uint8(make_image(4, 50, 60))
+    grid = [0.0, 0.2, 0.25, 0.26, 0.3]
+    for batched in (False, True):  # the per-prompt loop (CPU) and the padded batch (accelerators)
+        for crop in (0, 32):
+            settings = SegmentSettings(use_semantic=False, slide_crop=crop, slide_stride=24 if crop else 0)
+            seg = Segmentor(tiny, "road,street;tree", settings=settings, prompt_batch=2)
+            seg.batched_instances = batched
+            logits, presence = seg.name_logits(view, confidences=grid)
+            changed = False
+            for g, confidence in enumerate(grid):
+                one = Segmentor(
+                    tiny, seg.vocabulary, settings=seg.settings.replace(confidence_threshold=confidence)
+                )
+                one.batched_instances = batched
+                expected, expected_presence = one.name_logits(view)
+                assert torch.equal(logits[g], expected) and torch.equal(presence, expected_presence)
+                changed |= not torch.equal(logits[g], logits[0])
+            assert changed  # the grid does change the instance term here
+    with pytest.raises(InputError, match="fast mode without zoom"):
+        Segmentor(tiny, "road", mode="reference").name_logits(view, confidences=grid)
+
+
+def write_planted(root, tiny, count: int = 8) -> None:
+    """Images and labels made by the tiny model's own maps with the planted names and thresholds."""
+    (root / "img").mkdir(parents=True)
+    (root / "ann").mkdir()
+    seg = Segmentor(tiny, ";".join(NAMES))
+    chosen = [NAMES.index(n) for names in TRUTH_NAMES for n in names]
+    name_class = [k for k, names in enumerate(TRUTH_NAMES) for _ in names]
+    for i in range(count):
+        rgb = make_image(10 + i, 40, 48)
+        logits, _ = seg.name_logits(to_chw_uint8(rgb))
+        _, labels = finish(logits[chosen], np.ones((40, 48), bool), name_class, 3, TRUTH_THRESHOLDS, 0)
+        Image.fromarray(rgb).save(root / "img" / f"t{i}.png")
+        Image.fromarray(labels).save(root / "ann" / f"t{i}.png")
+
+
+def planted_protocol(path) -> None:
+    """The protocol to calibrate: other names and one threshold for all."""
+    layout = {"images": "img", "labels": "ann", "image_suffix": ".png", "label_suffix": ".png"}
+    text = protocol_yaml(
+        "planted", Vocabulary.parse("background;building;road"), SegmentSettings(prob_thd=0.1, bg_idx=0)
+    )
+    path.write_text(text + yaml.safe_dump({"layout": layout}))
+
+
+@pytest.fixture(scope="module")
+def planted(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    write_planted(root / "data", tiny)
+    planted_protocol(root / "planted.yaml")
+    (root / "candidates.yaml").write_text("building: [house, roof]\nroad: [street, highway]\n")
+    return root
+
+
+def test_calibrate_recovers_planted_names_and_thresholds(monkeypatch, capsys, tiny_dir, planted, tmp_path):
+    out = tmp_path / "out"
+    args = ["calibrate", "--dataset-config", planted / "planted.yaml", "--data-root", planted / "data"]
+    args += ["--model", tiny_dir, "--candidates", planted / "candidates.yaml", "--no-builtin-pool"]
+    args += ["--thresholds", GRID, "--confidences", "0.5", "--sample-stride", "1", "--holdout", "0.25"]
+    args += ["--folds", "2", "-o", out]
+    code, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    report = json.loads((out / "calibration.json").read_text())
+    fixed = report["splits"][0]
+    assert fixed["name"] == "fixed" and len(fixed["heldout"]) == 2
+    assert fixed["best"]["names"] == TRUTH_NAMES
+    assert fixed["best"]["thresholds"][1:] == TRUTH_THRESHOLDS[1:]
+    assert report["summary"]["fixed"]["calibrated"]["mIoU"] == 100.0
+    assert report["summary"]["fixed"]["baseline"]["mIoU"] < 60
+    assert all(fold["calibrated"] == 100.0 for fold in report["summary"]["folds"])
+    assert "held-out mIoU" in err and "100.00" in err
+    protocol = load_protocol(out / "planted_calibrated.yaml")
+    assert [list(names) for names in protocol.vocabulary.classes] == TRUTH_NAMES
+    assert protocol.settings.class_prob_thd == (("house", 0.24), ("street", 0.23))
+    assert protocol.settings.prob_thd == 0.1 and protocol.settings.bg_idx == 0
+    for name in ("calibration.md", "calibration.csv", "calibration.png", "heldout.txt"):
+        assert (out / name).stat().st_size > 0, name
+    assert "| road | road | street | 0.23 |" in (out / "calibration.md").read_text().replace(
+        "| 2 |", "| road |"
+    )
+
+
+def test_eval_of_the_written_yaml_reproduces_the_heldout_report(
+    monkeypatch, capsys, tiny, tiny_dir, tmp_path
+):
+    root = make_dataset("loveda", tmp_path, num_images=6, size=(40, 48))
+    protocol = load_protocol("loveda")
+    segmentor = Segmentor(tiny, protocol.vocabulary, settings=protocol.settings)
+    thresholds = (0.1, 0.2, 0.22, 0.24, 0.26, 0.5)
+    options = CalibrateOptions(holdout=0.34, folds=0, stride=1, thresholds=thresholds, confidences=(0.5,))
+    pool = build_pool(protocol.vocabulary, max_names=3)
+    result = calibrate(segmentor, SegmentationDataset(protocol, root), pool, tmp_path / "cal", options)
+    reported = result["summary"]["fixed"]
+    assert reported["calibrated"]["mIoU"] != reported["baseline"]["mIoU"]  # something was chosen
+    split = tmp_path / "cal" / "heldout.txt"
+    for config, which in ((tmp_path / "cal" / "loveda_calibrated.yaml", "calibrated"), (None, "baseline")):
+        source = ["--dataset-config", config] if config else ["--dataset", "loveda"]
+        args = [
+            "eval",
+            *source,
+            "--data-root",
+            root,
+            "--split",
+            split,
+            "--model",
+            tiny_dir,
+            "-o",
+            tmp_path / which,
+        ]
+        code, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 0, err
+        metrics = json.loads((tmp_path / which / "metrics.json").read_text())
+        assert metrics["num_images"] == 2
+        assert metrics["mIoU"] == reported[which]["mIoU"]
+        # class by class (the calibrated file may name a class by another of its names)
+        for got, values in zip(
+            metrics["per_class"].values(), reported[which]["per_class"].values(), strict=True
+        ):
+            assert got["IoU"] == values["IoU"] or (
+                got["IoU"] != got["IoU"] and values["IoU"] != values["IoU"]
+            )
+
+
+def test_a_second_run_reuses_the_model_pass_and_new_names_run_alone(tiny, tmp_path):
+    root = make_dataset("loveda", tmp_path, num_images=3, size=(32, 40))
+    protocol = load_protocol("loveda")
+    segmentor = Segmentor(tiny, protocol.vocabulary, settings=protocol.settings)
+    data = SegmentationDataset(protocol, root)
+    options = CalibrateOptions(holdout=0.34, folds=0, stride=2, confidences=(0.5,))
+    first = calibrate(
+        segmentor, data, build_pool(protocol.vocabulary, builtin=False), tmp_path / "o", options
+    )
+    assert first["cost"]["images_run"] == 3
+    cache = tmp_path / "o" / "cache" / first["pass_key"]
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    again = calibrate(
+        segmentor, data, build_pool(protocol.vocabulary, builtin=False), tmp_path / "o", options
+    )
+    assert again["cost"]["images_run"] == 0 and again["headline"] == first["headline"]
+    wider = build_pool(protocol.vocabulary, {"road": ["street"]}, builtin=False)
+    third = calibrate(segmentor, data, wider, tmp_path / "o", options)
+    assert third["cost"]["images_run"] == 3
+    after = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    assert {p for p in after if p not in before} == {p for p in after if p.name.startswith("street-")}
+    assert all(after[p] == t for p, t in before.items())  # nothing cached was recomputed
+    # a corrupt entry is named, discarded and recomputed
+    victim = next(p for p in cache.rglob("road-*.npz"))
+    victim.write_bytes(b"not a cache entry")
+    fourth = calibrate(segmentor, data, wider, tmp_path / "o", options)
+    assert fourth["cost"]["images_run"] == 1 and fourth["headline"] == third["headline"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--holdout", "1"], "--holdout must be a share in [0, 1)"),
+        (["--folds", "1"], "--folds must be 0 (none) or at least 2"),
+        (["--holdout", "0", "--folds", "0"], "leave nothing to report on"),
+        (["--sample-stride", "0"], "--sample-stride must be >= 1"),
+        (["--objective", "dice"], "--objective must be one of miou, class-iou"),
+        (["--thresholds", "0.1:x"], "--thresholds '0.1:x': give numbers"),
+        (["--confidences", "1.5"], "--confidences must list numbers in [0, 1]"),
+        (["--folds", "9"], "--folds 9 is more than the 3 images"),
+    ],
+)
+def test_bad_options_get_one_sentence_and_no_output(monkeypatch, capsys, tiny_dir, tmp_path, extra, message):
+    root = make_dataset("loveda", tmp_path, num_images=3, size=(32, 40))
+    args = ["calibrate", "--dataset", "loveda", "--data-root", root, "--model", tiny_dir, *extra]
+    code, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "out")
+    assert code == 1 and message in err, err
+    assert not (tmp_path / "out" / "calibration.json").exists()
+
+
+def test_one_image_is_not_enough(tiny, tmp_path):
+    root = make_dataset("loveda", tmp_path, num_images=1, size=(32, 40))
+    protocol = load_protocol("loveda")
+    segmentor = Segmentor(tiny, protocol.vocabulary, settings=protocol.settings)
+    with pytest.raises(InputError, match="at least 2 labelled images"):
+        calibrate(
+            segmentor, SegmentationDataset(protocol, root), build_pool(protocol.vocabulary), tmp_path / "o"
+        )

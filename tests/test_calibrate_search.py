@@ -1,0 +1,135 @@
+"""The calibration search on arrays: exact labels and metrics, and known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovearth.calibrate.pool import build_pool, read_candidates
+from ovearth.calibrate.search import Config, Problem, mean_iou, search
+from ovearth.constants import UNCLASSIFIED_LABEL
+from ovearth.data.protocols import load_protocol
+from ovearth.errors import InputError
+from ovearth.metrics import compute_metrics, confusion_matrix
+from ovearth.segment.fusion import finish
+from ovearth.segment.vocabulary import Vocabulary
+
+
+def random_problem(seed: int, bg_idx: int = 0, levels: int = 6) -> tuple[Problem, list[int]]:
+    """Maps quantised to a few levels (many ties), 4 classes of 1-3 names, some nodata."""
+    rng = np.random.default_rng(seed)
+    name_class = [0, 1, 1, 2, 2, 2, 3]
+    n = 3000
+    maps = (rng.integers(0, levels, (len(name_class), n)) / levels).astype(np.float32)
+    target = rng.integers(0, 4, n).astype(np.int64)
+    nodata = rng.random(n) < 0.05
+    return Problem(maps, target, nodata, name_class, 4, bg_idx), name_class
+
+
+def reference_matrix(problem: Problem, config: Config) -> np.ndarray:
+    """The segmentor's own rules (fusion.finish) and the eval metric, on the same pixels."""
+    names = [i for chosen in config.names for i in chosen]
+    name_class = [k for k, chosen in enumerate(config.names) for _ in chosen]
+    logits = torch.from_numpy(problem.maps[names])[:, None, :]  # [P', 1, N]
+    _, labels = finish(
+        logits, ~problem.nodata[None], name_class, problem.num_classes, config.thresholds, problem.bg_idx
+    )
+    return confusion_matrix(labels[0], problem.target, problem.num_classes)
+
+
+@pytest.mark.parametrize("bg_idx", [0, UNCLASSIFIED_LABEL])
+def test_confusion_equals_the_segmentor_rules_and_eval_metric(bg_idx):
+    problem, _ = random_problem(1, bg_idx)
+    rng = np.random.default_rng(2)
+    pool = [[0], [1, 2], [3, 4, 5], [6]]
+    for _ in range(30):
+        names = tuple(tuple(sorted(rng.choice(p, rng.integers(1, len(p) + 1), replace=False))) for p in pool)
+        thresholds = tuple(float(t) for t in rng.choice([0.0, 1 / 6, 0.3, 0.5, 2 / 3], 4))
+        config = Config(names, thresholds)
+        expected = reference_matrix(problem, config)
+        assert np.array_equal(problem.confusion(config), expected)
+        for k in range(4):  # the fast path for a class being changed
+            assert np.array_equal(problem.confusion(config, k), expected)
+
+
+def test_mean_iou_is_the_eval_mIoU():
+    problem, _ = random_problem(3)
+    matrix = problem.confusion(Config(((0,), (1,), (3,), (6,)), (0.2,) * 4))
+    matrix[3] = 0  # a class without labels: predicted pixels give IoU 0, as mmseg
+    assert mean_iou(matrix) == pytest.approx(compute_metrics(matrix, list("abcd"))["mIoU"] / 100, abs=1e-12)
+
+
+def planted_problem() -> tuple[Problem, Config, Config, list[list[int]]]:
+    """Labels made by a known configuration from random maps."""
+    rng = np.random.default_rng(7)
+    name_class = [0, 1, 1, 1, 2, 2, 2]
+    maps = rng.random((7, 20000)).astype(np.float32)
+    truth = Config(((0,), (2, 3), (5,)), (0.5, 0.7, 0.6))
+    problem = Problem(maps, np.zeros(20000, np.int64), np.zeros(20000, bool), name_class, 3, 0)
+    labels = problem.confusion(truth)  # only to check the helper runs; labels come next
+    best, argmax = problem.best(truth.names)
+    target = np.where(best < np.asarray(truth.thresholds, np.float32)[argmax], 0, argmax)
+    problem = Problem(maps, target.astype(np.int64), np.zeros(20000, bool), name_class, 3, 0)
+    start = Config(((0,), (1,), (4,)), (0.5, 0.5, 0.5))
+    assert labels.sum() == 20000
+    return problem, truth, start, [[0], [1, 2, 3], [4, 5, 6]]
+
+
+def test_search_recovers_a_planted_configuration():
+    problem, truth, start, pool = planted_problem()
+    grid = [round(0.05 * i, 2) for i in range(1, 20)]
+    result = search(problem, start, pool, grid)
+    assert result.config == truth
+    assert result.objective == 1.0 and result.start_objective < 0.8
+    assert [s.kind for s in result.steps].count("threshold") >= 2
+
+
+def test_search_takes_only_strict_gains():
+    problem, truth, _, pool = planted_problem()
+    result = search(problem, truth, pool, [0.5, 0.6, 0.7])
+    assert result.config == truth and result.steps == []
+
+
+def test_pool_of_a_builtin_protocol():
+    pool = build_pool(load_protocol("loveda").vocabulary)
+    assert pool.classes[1][:2] == ("building", "house") and "roof" in pool.classes[1]
+    assert pool.protocol == load_protocol("loveda").vocabulary.classes
+    # names stay with one class: OpenEarthMap has both 'pavement' and 'road'
+    oem = build_pool(load_protocol("openearthmap").vocabulary)
+    owners = {}
+    for k, names in enumerate(oem.classes):
+        for name in names:
+            assert owners.setdefault(name.lower(), k) == k
+
+
+def test_ambiguous_builtin_names_are_left_out_but_users_decide():
+    vocabulary = Vocabulary.parse("car;small vehicle")  # the pool's 'automobile' fits both
+    pool = build_pool(vocabulary)
+    assert all("automobile" not in names for names in pool.classes)
+    pool = build_pool(vocabulary, {"car": ["automobile"]})
+    assert "automobile" in pool.classes[0] and "automobile" not in pool.classes[1]
+    assert build_pool(vocabulary, builtin=False).classes == (("car",), ("small vehicle",))
+    assert len(build_pool(load_protocol("loveda").vocabulary, max_names=2).classes[4]) == 3  # own names stay
+
+
+def test_bad_candidates_files_are_named(tmp_path):
+    vocabulary = Vocabulary.parse("building,house;road")
+    with pytest.raises(InputError, match="'lake' is not a class; the classes are building, road"):
+        build_pool(vocabulary, {"lake": ["pond"]}, source="c.yaml")
+    with pytest.raises(InputError, match="'house' is given for 'road' but is the class 'building'"):
+        build_pool(vocabulary, {"road": ["house"]})
+    with pytest.raises(InputError, match="is given for two classes"):
+        build_pool(vocabulary, {"road": ["lane"], "building": ["lane"]})
+    bad = tmp_path / "c.yaml"
+    bad.write_text("road: [street, 3]\n")
+    with pytest.raises(InputError, match=r"c.yaml: the names of 'road' must be text"):
+        read_candidates(bad)
+    bad.write_text("road: 'a;b'\n")
+    with pytest.raises(InputError, match=r"c.yaml: .*';'"):
+        read_candidates(bad)
+    with pytest.raises(InputError, match="no such candidates file"):
+        read_candidates(tmp_path / "none.yaml")
+    good = tmp_path / "g.yaml"
+    good.write_text("road: street, lane\nbuilding: [roof]\n")
+    assert read_candidates(good) == {"road": ["street", "lane"], "building": ["roof"]}
