@@ -222,9 +222,14 @@ def load_pixels(samples: list[Sample], cache: Path, num_classes: int, ignore_ind
     return Pixels(np.concatenate(targets), np.concatenate(nodata), np.concatenate(image), keep)
 
 
-def load_maps(samples: list[Sample], cache: Path, names: list[str], g: int, pixels: Pixels) -> np.ndarray:
-    """``[P, N]`` float32: every name's logits at confidence ``g`` at the scored pixels."""
-    rows = []
+def load_maps(
+    samples: list[Sample], cache: Path, names: list[str], g: int, pixels: Pixels
+) -> tuple[np.ndarray, bool]:
+    """``([P, N] float32, varies)``: every name's logits at confidence ``g`` at the scored pixels.
+
+    ``varies`` is False when every entry has one plane: the confidence changes nothing.
+    """
+    rows, varies = [], False
     for name in names:
         parts = []
         for sample, keep in zip(samples, pixels.keep, strict=True):
@@ -232,9 +237,10 @@ def load_maps(samples: list[Sample], cache: Path, names: list[str], g: int, pixe
             if entry is None:
                 raise InputError(f"{sample.image_path}: the cached maps of '{name}' are missing; run again.")
             maps = entry["maps"]
+            varies |= len(maps) > 1
             parts.append(maps[min(g, len(maps) - 1)].reshape(-1)[keep])
         rows.append(np.concatenate(parts))
-    return np.stack(rows)
+    return np.stack(rows), varies
 
 
 def calibrate(
@@ -345,8 +351,13 @@ def _search_all(
     names = pool.names
     found: dict[str, dict[str, Any]] = {}
     total, done = len(confidences) * len(splits), 0
-    for g, confidence in enumerate(confidences):
-        maps = load_maps(samples, cache, names, g, pixels)
+    first = confidences.index(s.confidence_threshold)
+    matters = True
+    for g in [first, *(g for g in range(len(confidences)) if g != first)]:
+        confidence = confidences[g]
+        maps, matters = load_maps(samples, cache, names, g, pixels)
+        if g != first and not matters:
+            break  # every confidence gives the protocol's maps: the protocol's stays (the tie rule)
         problem = Problem(maps, pixels.target, pixels.nodata, pool.name_class, num_classes, s.bg_idx)
         for split in splits:
             calibration = problem.select(np.isin(pixels.image, split.calibrate))
@@ -377,7 +388,10 @@ def _search_all(
             done += 1
             if progress is not None:
                 progress("search", done, total)
+    if progress is not None:
+        progress("search", total, total)
     return {
+        "confidence_matters": matters,
         "splits": [
             {"name": split.name, "calibrate": split.calibrate, "heldout": split.heldout, **found[split.name]}
             for split in splits
