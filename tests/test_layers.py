@@ -26,6 +26,7 @@ LAYERS = {
     "train": 5,
     "calibrate": 5,
     "run": 6,
+    "explore": 6.5,  # the explorer's web server: above run (it writes segment's files), below cli
     "cli": 7,
     "__main__": 8,
 }

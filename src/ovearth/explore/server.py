@@ -1,0 +1,455 @@
+"""The explorer's HTTP routes (Starlette): JSON in and out, pictures as PNG.
+
+==============================================  =============================================
+``GET  /``                                      the page (``static/index.html``)
+``GET  /static/{file}``                         its script and style (packaged, no internet)
+``GET  /api/config``                            model, presets, refiners, defaults, upload cap
+``GET  /api/images``                            the readable images ``[{id, name, source}]``
+``GET  /api/image.png?id=``                     an image's working picture
+``POST /api/upload?name=``                      raw file bytes -> ``{id, name}`` (size-capped)
+``GET  /api/presets/{name}``                    a built-in protocol's classes and settings
+``POST /api/run``                               :mod:`.request` JSON -> the result's JSON
+``GET  /api/results/{id}/overlay.png``          class colours over the picture
+``GET  /api/results/{id}/scores/{k}.png``       class ``k``'s scores, 0..1 (viridis)
+``GET  /api/results/{id}/pixel?x=&y=``          the label and the class scores at a pixel
+``GET  /api/results/{id}/attention/{k}``        class ``k``'s decoder attention: summary
+``GET  /api/results/{id}/attention/{k}/{kind}.png``  one aggregation over the picture
+``GET  /api/results/{id}/preset.yaml``          the settings as a preset file
+``GET  /api/results/{id}/export.zip``           the files ``segment`` writes
+==============================================  =============================================
+
+Errors are JSON ``{"error": "<one sentence>"}``: 400 bad input, 404 unknown image,
+result or file, 413 too large, 415 an unsupported upload type, 500 anything unforeseen
+(logged; the server keeps going). Blocking work runs in worker threads; the model itself
+is shared under :class:`~.session.ExploreSession`'s lock. Every response forbids loading
+anything from elsewhere (Content-Security-Policy ``'self'``), and requests must name this
+machine as their host (no DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..data.protocols import list_protocols, load_protocol
+from ..data.raster import IMAGE_SUFFIXES
+from ..errors import InputError
+from ..model.stages import PROMPT_FORMS
+from ..refine.registry import list_refiners, refiner_class
+from ..segment.settings import REFINE_AT, REFINE_FOR
+from . import render
+from .catalog import NotFound
+from .export import export_zip, preset_yaml, safe_stem
+from .request import SETTING_FIELDS, parse_run
+from .session import ATTENTION_KINDS, ExploreSession, Result
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+#: Default cap of an upload, in bytes.
+MAX_UPLOAD_BYTES = 64 * 2**20
+
+#: Cap of a JSON request body, in bytes.
+MAX_JSON_BYTES = 2**20
+
+#: Headers of every response: nothing from elsewhere, no sniffing, no framing, no referrer.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+class TooLarge(Exception):
+    """A request body over its cap (413)."""
+
+
+class Unsupported(Exception):
+    """An upload of a type the explorer does not read (415)."""
+
+
+def create_app(
+    session: ExploreSession, allowed_hosts: list[str] | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES
+) -> Starlette:
+    """The explorer's ASGI application over ``session``.
+
+    Args:
+        session: the model, images and caches.
+        allowed_hosts: ``Host`` header values accepted (default: this machine's loopback
+            names); ``["*"]`` accepts any.
+        max_upload_bytes: the upload cap.
+
+    """
+    routes = [
+        Route("/", _index),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/config", _guarded(_config)),
+        Route("/api/images", _guarded(_images)),
+        Route("/api/image.png", _guarded(_image_png)),
+        Route("/api/upload", _guarded(_upload), methods=["POST"]),
+        Route("/api/presets/{name}", _guarded(_preset)),
+        Route("/api/run", _guarded(_run), methods=["POST"]),
+        Route("/api/results/{rid}/overlay.png", _guarded(_overlay_png)),
+        Route("/api/results/{rid}/scores/{k:int}.png", _guarded(_score_png)),
+        Route("/api/results/{rid}/pixel", _guarded(_pixel)),
+        Route("/api/results/{rid}/attention/{k:int}", _guarded(_attention)),
+        Route("/api/results/{rid}/attention/{k:int}/{kind}.png", _guarded(_attention_png)),
+        Route("/api/results/{rid}/preset.yaml", _guarded(_preset_yaml)),
+        Route("/api/results/{rid}/export.zip", _guarded(_export)),
+    ]
+    hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=_closing(session),
+    )
+    app.state.session = session
+    app.state.max_upload_bytes = max_upload_bytes
+    return app
+
+
+def _closing(session: ExploreSession) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager]:
+    """A lifespan that removes the session's uploads when the server stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            session.close()
+
+    return lifespan
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    status = getattr(error, "status_code", 500)
+    message = {404: "Not found.", 405: "Method not allowed."}.get(
+        status, str(getattr(error, "detail", error))
+    )
+    return _error(status, message)
+
+
+def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Turn the handler's exceptions into JSON errors; an unforeseen one is logged, not fatal."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except InputError as error:
+            return _error(400, str(error))
+        except NotFound as error:
+            return _error(404, str(error))
+        except TooLarge as error:
+            return _error(413, str(error))
+        except Unsupported as error:
+            return _error(415, str(error))
+        except Exception as error:  # the page shows it; the server keeps going
+            logger.exception("%s %s failed", request.method, request.url.path)
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            detail = f": {lines[0]}" if lines else ""
+            return _error(500, f"Unexpected {type(error).__name__}{detail}.")
+
+    return wrapper
+
+
+class _SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers.setdefault(key, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _session(request: Request) -> ExploreSession:
+    return request.app.state.session
+
+
+async def _body(request: Request, cap: int) -> bytes:
+    """The request body, refused (:class:`TooLarge`) as soon as it exceeds ``cap`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise TooLarge(f"The request is {int(declared)} bytes; the limit is {cap} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise TooLarge(f"The request is over the limit of {cap} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png")
+
+
+def _int_param(request: Request, name: str) -> int:
+    value = request.query_params.get(name, "")
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"Query parameter '{name}' must be an integer, got '{value[:20]}'.") from None
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def _config(request: Request) -> Response:
+    session = _session(request)
+    refiners = []
+    for name in list_refiners():
+        fields = dataclasses.fields(refiner_class(name))
+        refiners.append({"name": name, "params": {f.name: f.default for f in fields}})
+    base = session.base.to_dict()
+    device = next(session.loaded.model.parameters()).device
+    return JSONResponse(
+        {
+            "model": session.loaded.source,
+            "device": str(device),
+            "presets": list_protocols(),
+            "refiners": refiners,
+            "prompt_forms": list(PROMPT_FORMS),
+            "refine_at": list(REFINE_AT),
+            "refine_for": list(REFINE_FOR),
+            "attention_kinds": list(ATTENTION_KINDS),
+            "defaults": {name: base[name] for name in SETTING_FIELDS},
+            "max_upload_bytes": request.app.state.max_upload_bytes,
+        }
+    )
+
+
+async def _images(request: Request) -> Response:
+    entries = await run_in_threadpool(_session(request).catalog.entries)
+    return JSONResponse({"images": [{"id": e.id, "name": e.name, "source": e.source} for e in entries]})
+
+
+async def _image_png(request: Request) -> Response:
+    session = _session(request)
+    picture = await run_in_threadpool(session.picture, request.query_params.get("id", ""))
+    return _png(await run_in_threadpool(lambda: render.png(render.shown(picture.rgb))))
+
+
+async def _upload(request: Request) -> Response:
+    name = request.query_params.get("name", "")
+    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        raise Unsupported(f"Upload '{name[:80]}': unsupported image type; use GeoTIFF, PNG or JPEG.")
+    data = await _body(request, request.app.state.max_upload_bytes)
+    if not data:
+        raise InputError("The upload is empty.")
+    entry = await run_in_threadpool(_session(request).catalog.add_upload, name, data)
+    return JSONResponse({"id": entry.id, "name": entry.name, "source": entry.source})
+
+
+async def _preset(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in list_protocols():  # names only: a path would read any YAML file
+        raise NotFound(f"No preset '{name[:80]}'; known: {', '.join(list_protocols())}.")
+    protocol = load_protocol(name)
+    settings = protocol.settings.to_dict()
+    return JSONResponse(
+        {
+            "name": protocol.name,
+            "title": protocol.title,
+            "classes": [",".join(names) for names in protocol.vocabulary.classes],
+            "settings": {key: settings[key] for key in SETTING_FIELDS},
+        }
+    )
+
+
+async def _run(request: Request) -> Response:
+    session = _session(request)
+    body = await _body(request, MAX_JSON_BYTES)
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError("The request body is not valid JSON.") from None
+    run = parse_run(data, session.base)
+    result = await run_in_threadpool(session.run, run)
+    return JSONResponse(result_json(result, session))
+
+
+def result_json(result: Result, session: ExploreSession) -> dict:
+    """What the page needs of a result: classes (colour, presence, share), names, URLs, timing."""
+    vocabulary, settings = result.request.vocabulary, result.request.settings
+    labels, valid = result.labels, result.picture.valid
+    counts = np.bincount(labels[valid].ravel(), minlength=256) / max(int(valid.sum()), 1)
+    thresholds = settings.class_thresholds(vocabulary.labels)
+    base = f"/api/results/{result.id}"
+    classes = [
+        {
+            "index": k,
+            "page_index": result.request.enabled[k],
+            "name": label,
+            "names": list(vocabulary.classes[k]),
+            "color": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in result.colors[k])),
+            "presence": float(result.presence[k]),
+            "threshold": thresholds[k],
+            "share": float(counts[k]),
+            "scores": f"{base}/scores/{k}.png",
+        }
+        for k, label in enumerate(vocabulary.labels)
+    ]
+    names = [
+        {"name": name, "class": vocabulary.labels[k], "presence": float(result.name_presence[i])}
+        for i, (name, k) in enumerate(zip(vocabulary.names, vocabulary.name_class, strict=True))
+    ]
+    height, width = labels.shape
+    return {
+        "id": result.id,
+        "image": {
+            "id": result.request.image,
+            "width": width,
+            "height": height,
+            "full_size": list(result.picture.full_size),
+            "step": result.picture.step,
+        },
+        "classes": classes,
+        "names": names,
+        "unclassified_share": float(counts[254]),
+        "computed": list(result.computed),
+        "reused": len(vocabulary.names) - len(result.computed),
+        "seconds": round(result.seconds, 4),
+        "model_runs": session.model_runs,
+        "overlay": f"{base}/overlay.png",
+        "preset": f"{base}/preset.yaml",
+        "export": f"{base}/export.zip",
+    }
+
+
+async def _result(request: Request) -> Result:
+    return _session(request).result(request.path_params["rid"])
+
+
+async def _overlay_png(request: Request) -> Response:
+    result = await _result(request)
+
+    def draw() -> bytes:
+        blended = render.blend(result.picture.rgb, result.labels, result.colors)
+        return render.png(render.shown(blended, nearest=True))
+
+    return _png(await run_in_threadpool(draw))
+
+
+def _class_index(result: Result, request: Request) -> int:
+    k = request.path_params["k"]
+    if not 0 <= k < len(result.request.vocabulary):
+        raise NotFound(f"No class {k} in this result ({len(result.request.vocabulary)} classes).")
+    return k
+
+
+async def _score_png(request: Request) -> Response:
+    result = await _result(request)
+    k = _class_index(result, request)
+
+    def draw() -> bytes:
+        return render.png(render.shown(render.score_map(result.class_logits[k], result.picture.valid)))
+
+    return _png(await run_in_threadpool(draw))
+
+
+async def _pixel(request: Request) -> Response:
+    result = await _result(request)
+    x, y = _int_param(request, "x"), _int_param(request, "y")
+    return JSONResponse(_session(request).pixel(result, x, y))
+
+
+async def _attention(request: Request) -> Response:
+    session = _session(request)
+    result = await _result(request)
+    k = _class_index(result, request)
+    maps = await run_in_threadpool(session.attention, result, k)
+    base = f"/api/results/{result.id}/attention/{k}"
+    return JSONResponse(
+        {
+            "class": result.request.vocabulary.labels[k],
+            "prompt": maps.prompt,
+            "presence": maps.presence,
+            "kept": maps.kept,
+            "grid": list(maps.grid),
+            "maps": {kind: f"{base}/{kind}.png" for kind in ATTENTION_KINDS},
+        }
+    )
+
+
+async def _attention_png(request: Request) -> Response:
+    session = _session(request)
+    result = await _result(request)
+    k = _class_index(result, request)
+    kind = request.path_params["kind"]
+    if kind not in ATTENTION_KINDS:
+        raise NotFound(f"No attention map '{kind[:40]}'; known: {', '.join(ATTENTION_KINDS)}.")
+    maps = await run_in_threadpool(session.attention, result, k)
+    return _png(
+        await run_in_threadpool(
+            lambda: render.png(render.attention_map(result.picture.rgb, maps.weights[kind], maps.grid))
+        )
+    )
+
+
+def _image_name(session: ExploreSession, result: Result) -> str:
+    try:
+        return session.catalog.name(result.request.image)
+    except NotFound:  # an upload removed since: the file's own name
+        return result.picture.path.name
+
+
+async def _preset_yaml(request: Request) -> Response:
+    session = _session(request)
+    result = await _result(request)
+    name = _image_name(session, result)
+    return Response(
+        preset_yaml(result, name),
+        media_type="application/yaml",
+        headers={"content-disposition": f'attachment; filename="{safe_stem(name)}_preset.yaml"'},
+    )
+
+
+async def _export(request: Request) -> Response:
+    session = _session(request)
+    result = await _result(request)
+    filename, data = await run_in_threadpool(export_zip, result, session.loaded, _image_name(session, result))
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
