@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +217,34 @@ def test_one_image_is_not_enough(tiny, tmp_path):
         calibrate(
             segmentor, SegmentationDataset(protocol, root), build_pool(protocol.vocabulary), tmp_path / "o"
         )
+
+
+def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):
+    root = make_dataset("loveda", tmp_path, num_images=4, size=(32, 40))
+    base = [
+        "-m",
+        "ovearth",
+        "calibrate",
+        "--dataset",
+        "loveda",
+        "--data-root",
+        str(root),
+        "--model",
+        str(tiny_dir),
+    ]
+    base += ["--max-names", "2", "--confidences", "0.5", "--folds", "2", "--holdout", "0.25"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *base]
+    done = subprocess.run(
+        [*two, "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = [sys.executable, *base, "-o", str(tmp_path / "one")]
+    subprocess.run(one, env=env, check=True, capture_output=True, timeout=600)
+    results = [json.loads((tmp_path / name / "calibration.json").read_text()) for name in ("two", "one")]
+    assert results[0]["headline"] == results[1]["headline"]
+    assert [s["best"] for s in results[0]["splits"]] == [s["best"] for s in results[1]["splits"]]
+    key = results[0]["pass_key"]
+    assert sorted(p.name for p in (tmp_path / "two" / "cache" / key).iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "cache" / key).iterdir()
+    )
