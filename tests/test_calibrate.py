@@ -171,10 +171,13 @@ def test_a_second_run_reuses_the_model_pass_and_new_names_run_alone(tiny, tmp_pa
     assert first["cost"]["images_run"] == 3
     cache = tmp_path / "o" / "cache" / first["pass_key"]
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    stale = next(cache.glob("*/target.npz")).parent / ".road-x.part.npz"  # what a killed run leaves
+    stale.write_bytes(b"half")
     again = calibrate(
         segmentor, data, build_pool(protocol.vocabulary, builtin=False), tmp_path / "o", options
     )
     assert again["cost"]["images_run"] == 0 and again["headline"] == first["headline"]
+    assert not stale.exists()
     wider = build_pool(protocol.vocabulary, {"road": ["street"]}, builtin=False)
     third = calibrate(segmentor, data, wider, tmp_path / "o", options)
     assert third["cost"]["images_run"] == 3

@@ -167,6 +167,7 @@ def model_pass(
     for index, sample in enumerate(mine, start=1):
         folder = cache / image_key(sample)
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(folder)  # entries a killed run was writing (this shard's images only)
         target = read_entry(folder / "target.npz", ("label", "valid"))
         missing = [n for n in names if read_entry(folder / name_key(n), ("maps", "presence")) is None]
         if target is None or missing:
