@@ -251,3 +251,32 @@ def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "cache" / key).iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "cache" / key).iterdir()
     )
+
+
+def test_calibrate_recovers_a_planted_confidence(tiny, tmp_path):
+    """Instance term only (so the confidence matters): labels made at 0.27 are found at 0.27."""
+    settings = SegmentSettings(use_semantic=False, prob_thd=0.05, bg_idx=0, confidence_threshold=0.2)
+    vocabulary = Vocabulary.parse("background;building;road")
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "ann").mkdir()
+    truth = Segmentor(tiny, vocabulary, settings=settings.replace(confidence_threshold=0.27))
+    for i in range(8):
+        rgb = make_image(10 + i, 40, 48)
+        Image.fromarray(rgb).save(root / "img" / f"t{i}.png")
+        Image.fromarray(truth.predict(rgb).labels).save(root / "ann" / f"t{i}.png")
+    layout = {"images": "img", "labels": "ann", "image_suffix": ".png", "label_suffix": ".png"}
+    (tmp_path / "p.yaml").write_text(
+        protocol_yaml("p", vocabulary, settings) + yaml.safe_dump({"layout": layout})
+    )
+    protocol = load_protocol(tmp_path / "p.yaml")
+    segmentor = Segmentor(tiny, protocol.vocabulary, settings=protocol.settings)
+    options = CalibrateOptions(
+        confidences=(0.2, 0.27, 0.3), thresholds=(0.05,), stride=1, holdout=0.25, folds=0
+    )
+    pool = build_pool(protocol.vocabulary, builtin=False)
+    result = calibrate(segmentor, SegmentationDataset(protocol, root), pool, tmp_path / "out", options)
+    best = result["splits"][0]["best"]
+    assert result["confidence_matters"] and best["confidence"] == 0.27
+    assert result["headline"]["calibrated_mIoU"] == 100.0 and result["headline"]["baseline_mIoU"] < 80
+    assert load_protocol(tmp_path / "out" / "p_calibrated.yaml").settings.confidence_threshold == 0.27
