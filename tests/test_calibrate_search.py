@@ -53,6 +53,18 @@ def test_confusion_equals_the_segmentor_rules_and_eval_metric(bg_idx):
             assert np.array_equal(problem.confusion(config, k), expected)
 
 
+@pytest.mark.parametrize("bg_idx", [0, UNCLASSIFIED_LABEL])
+def test_threshold_sweep_equals_one_confusion_per_threshold(bg_idx):
+    problem, _ = random_problem(4, bg_idx)
+    config = Config(((0,), (1, 2), (3, 5), (6,)), (0.2, 0.4, 1 / 3, 0.5))
+    grid = [0.0, 1 / 6, 0.2, 1 / 3, 0.5, 2 / 3, 1.0]
+    for k in range(4):
+        swept = problem.threshold_sweep(config, k, grid)
+        for t, matrix in zip(grid, swept, strict=True):
+            thresholds = config.thresholds[:k] + (t,) + config.thresholds[k + 1 :]
+            assert np.array_equal(matrix, reference_matrix(problem, Config(config.names, thresholds))), (k, t)
+
+
 def test_mean_iou_is_the_eval_mIoU():
     problem, _ = random_problem(3)
     matrix = problem.confusion(Config(((0,), (1,), (3,), (6,)), (0.2,) * 4))
