@@ -38,14 +38,19 @@ class CandidatePool:
     protocol: tuple[tuple[str, ...], ...]
 
     @property
+    def candidates(self) -> Vocabulary:
+        """Every candidate as a synonym of its class (``names`` and ``name_class``: ``P`` names)."""
+        return Vocabulary(self.classes)
+
+    @property
     def names(self) -> list[str]:
         """Every candidate name, class by class (``P`` names)."""
-        return [name for names in self.classes for name in names]
+        return self.candidates.names
 
     @property
     def name_class(self) -> list[int]:
         """The class of each candidate name (length ``P``)."""
-        return [k for k, names in enumerate(self.classes) for _ in names]
+        return self.candidates.name_class
 
     def indices(self, chosen: Sequence[Sequence[str]]) -> tuple[tuple[int, ...], ...]:
         """Per class, the positions in :attr:`names` of ``chosen`` names."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from PIL import Image
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 
 from ..errors import InputError
@@ -223,19 +223,26 @@ def read_bands(
     bands: tuple[int, int, int],
     path: Path | str,
     window: rasterio.windows.Window | None = None,
+    out_shape: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``([3, h, w] band data, [h, w] valid)`` of an open raster, whole or one window.
 
     Valid = the dataset mask (nodata value, alpha, internal mask), and for floats finite
-    values in all three bands.
+    values in all three bands. With ``out_shape = (h, w)`` both are read decimated to that
+    size (nearest neighbour; a quick-look).
 
     Raises:
         InputError: corrupt or truncated pixel data.
 
     """
     try:
-        data = dataset.read(list(bands), window=window)
-        valid = dataset.dataset_mask(window=window) > 0
+        if out_shape is None:
+            data = dataset.read(list(bands), window=window)
+            valid = dataset.dataset_mask(window=window) > 0
+        else:
+            nearest = Resampling.nearest
+            data = dataset.read(list(bands), window=window, out_shape=(3, *out_shape), resampling=nearest)
+            valid = dataset.dataset_mask(window=window, out_shape=out_shape, resampling=nearest) > 0
     except RasterioError as error:
         raise InputError(
             f"{path}: the pixel data is corrupt or truncated and cannot be read ({error})."

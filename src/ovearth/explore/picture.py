@@ -20,12 +20,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 from PIL import Image
-from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
 
-from ..data.raster import RASTER_SUFFIXES, RasterImage, apply_stretch, check_image, read_image
+from ..data.raster import RASTER_SUFFIXES, RasterImage, apply_stretch, check_image, read_bands, read_image
 from ..data.scene import SceneReader
-from ..errors import InputError
 from ..viz import MAX_OVERLAY_SIDE
 
 
@@ -97,16 +94,8 @@ def _raster_quicklook(path: Path, bands: tuple, stretch: str, step: int, header)
     with SceneReader(path, bands, stretch, header) as reader:
         limits, crs, transform = reader.limits, reader.crs, reader.transform
     shape = (math.ceil(header.height / step), math.ceil(header.width / step))
-    try:
-        with rasterio.open(path) as dataset:
-            data = dataset.read(list(bands), out_shape=(3, *shape), resampling=Resampling.nearest)
-            valid = dataset.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
-    except RasterioError as error:
-        raise InputError(
-            f"{path}: the pixel data is corrupt or truncated and cannot be read ({error})."
-        ) from None
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data).all(axis=0)
+    with rasterio.open(path) as dataset:
+        data, valid = read_bands(dataset, bands, path, out_shape=shape)
     rgb = data if limits is None else apply_stretch(data, limits)
     scaled = (
         None
