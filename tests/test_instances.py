@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ovearth import Segmentor
-from ovearth.segment.instances import Instance, deduplicate, from_mask, mask_iou, restricted
+from ovearth.segment.instances import Instance, StreamingDedup, deduplicate, from_mask, mask_iou, restricted
 
 from .conftest import make_image
 
@@ -101,3 +101,33 @@ def test_overlapping_windows_are_deduplicated(tiny, low_threshold):
         for b in pred.instances[i + 1 :]:
             if a.class_index == b.class_index:
                 assert mask_iou(a, b) <= 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streaming_dedup_equals_deduplicate_of_everything(seed):
+    """Objects seen by overlapping rows of windows (duplicates across rows), settled row by row."""
+    rng = np.random.default_rng(seed)
+    objects = []
+    for _ in range(80):
+        y, x = int(rng.integers(0, 110)), int(rng.integers(0, 100))
+        h, w = int(rng.integers(2, 14)), int(rng.integers(2, 14))
+        mask = rng.random((h, w)) < 0.8
+        mask[0, 0] = mask[-1, -1] = True  # the box is the mask's extent
+        objects.append((int(rng.integers(0, 3)), (x, y, x + w, y + h), mask))
+    stream, everything, pending_sizes = StreamingDedup(), [], []
+    rows = [0, 24, 48, 72, 96]  # windows 40 rows high every 24 rows: objects seen twice
+    for r, top in enumerate(rows):
+        found = [
+            Instance(k, "n", float(rng.choice([0.3, 0.5, rng.random()])), box, mask)  # ties too
+            for k, box, mask in objects
+            if top <= box[1] and box[3] <= top + 40
+        ]
+        stream.add(found)
+        everything.extend(found)
+        stream.settle(rows[r + 1] if r + 1 < len(rows) else np.inf)
+        pending_sizes.append(len(stream.pending))
+    expected = deduplicate(everything)
+    assert len(expected) < len(everything)  # there were duplicates to remove
+    got = stream.finish()
+    assert [id(one) for one in got] == [id(one) for one in expected]
+    assert max(pending_sizes) < len(everything) / 2  # settled groups left memory as rows passed

@@ -40,7 +40,7 @@ from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
 from ..errors import InputError
 from ..model.preprocess import to_chw_uint8
 from ..segment.fusion import finish, names_to_classes, scores_for_writing
-from ..segment.instances import Instance, deduplicate, restricted, shifted
+from ..segment.instances import Instance, StreamingDedup, restricted, shifted
 from ..segment.segmentor import Segmentor
 from ..segment.windows import Window, tiles_without_overlap, views_for
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
@@ -174,7 +174,7 @@ def segment_scene(
         done = skipped = 0
         quick = _QuickLook(height, width)
         table = ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
-        objects: list[Instance] = []
+        objects = StreamingDedup()  # holds only the instances later windows may still meet
         with SceneWriter(paths["labels"], reader, table, paths.get("scores"), names, cog=cog) as writer:
             for r, row in enumerate(rows):
                 for start in range(0, len(row), segmentor.view_batch):
@@ -195,7 +195,7 @@ def segment_scene(
                         torch.maximum(presence, pres.cpu(), out=presence)
                         if sinks is not None:  # cut to the window's valid pixels, then to image coordinates
                             kept = restricted(sinks[i], valids[i])
-                            objects.extend(shifted(one, window.y1, window.x1) for one in kept)
+                            objects.add([shifted(one, window.y1, window.x1) for one in kept])
                     done += len(batch)
                     if on_view is not None:
                         on_view(done, len(windows))
@@ -203,12 +203,14 @@ def segment_scene(
                     final = height
                 else:  # rows above the next windows are final; write whole GeoTIFF blocks only
                     final = rows[r + 1][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK
+                if found is not None and r < len(rows) - 1:
+                    objects.settle(rows[r + 1][0].y1)  # later instances start at or below that row
                 if final > buffer.top:
                     _finish_rows(segmentor, reader, writer, buffer, final, quick, "scores" in paths)
                     buffer.drop(final)
                 release_free_memory()
     if found is not None:
-        found.extend(deduplicate(objects))
+        found.extend(objects.finish())
     if not quick.any_valid:
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", path)
     with atomic_path(paths["overlay"]) as temp:

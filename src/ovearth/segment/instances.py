@@ -137,3 +137,59 @@ def deduplicate(instances: list[Instance], iou: float = DEDUP_IOU) -> list[Insta
         if all(mask_iou(candidate, k) <= iou for k in same):
             kept.append(candidate)
     return kept
+
+
+class StreamingDedup:
+    """:func:`deduplicate` for instances that arrive by rows of windows, holding only what is open.
+
+    Instances of one class whose boxes overlap (transitively) form a group; the greedy
+    deduplication decides an instance only from higher-scoring kept instances that overlap
+    it, so each group can be deduplicated on its own. Once every box of a group ends at or
+    above ``frontier`` (the first row of the windows still to come, whose instances start
+    at or below it), no later instance can join the group: it is settled and its kept
+    instances are set aside. :meth:`finish` returns exactly ``deduplicate(all instances)``,
+    in the same order (tested), while the pending instances are those of the last rows.
+    """
+
+    def __init__(self, iou: float = DEDUP_IOU) -> None:
+        self.iou = iou
+        self.pending: list[tuple[int, Instance]] = []
+        self.kept: list[tuple[int, Instance]] = []
+        self.count = 0
+
+    def add(self, instances: list[Instance]) -> None:
+        """Add instances in arrival order (the order :func:`deduplicate` would have seen them)."""
+        for one in instances:
+            self.pending.append((self.count, one))
+            self.count += 1
+
+    def settle(self, frontier: float) -> None:
+        """Deduplicate the groups whose boxes all end at or above row ``frontier``."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        still: list[tuple[int, Instance]] = []
+        for k in sorted({one.class_index for _, one in self.pending}):
+            members = [pair for pair in self.pending if pair[1].class_index == k]
+            boxes = np.array([one.box for _, one in members]).reshape(-1, 4)
+            x1, y1, x2, y2 = boxes.T
+            touch = (np.maximum(x1[:, None], x1) < np.minimum(x2[:, None], x2)) & (
+                np.maximum(y1[:, None], y1) < np.minimum(y2[:, None], y2)
+            )
+            count, group = connected_components(csr_matrix(touch), directed=False)
+            bottom = np.full(count, -np.inf)
+            np.maximum.at(bottom, group, y2)
+            for g in range(count):
+                chosen = [members[i] for i in np.flatnonzero(group == g)]  # in arrival order
+                if bottom[g] > frontier:
+                    still.extend(chosen)
+                    continue
+                kept = {id(one) for one in deduplicate([one for _, one in chosen], self.iou)}
+                self.kept.extend(pair for pair in chosen if id(pair[1]) in kept)
+        self.pending = sorted(still, key=lambda pair: pair[0])
+
+    def finish(self) -> list[Instance]:
+        """Every kept instance, by class then descending score (ties: the earlier), as :func:`deduplicate`."""
+        self.settle(np.inf)
+        order = sorted(self.kept, key=lambda pair: (pair[1].class_index, -pair[1].score, pair[0]))
+        return [one for _, one in order]
