@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.protocols import read_yaml
 from ..errors import InputError
 from ..segment.vocabulary import Vocabulary
 
@@ -74,12 +75,7 @@ def read_candidates(path: str | Path) -> dict[str, list[str]]:
 
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such candidates file.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML ({str(error).splitlines()[0]}).") from None
+    data = read_yaml(path, "candidates")
     if not isinstance(data, dict) or not data:
         raise InputError(
             f"{path}: a candidates file maps class names to names, e.g. 'building: [house, roof]'."

@@ -162,13 +162,28 @@ def load_protocol(name_or_path: str | Path) -> DatasetProtocol:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise InputError(f"Unknown dataset '{text}'.{hint} Known: {', '.join(known)}.")
         path = _builtin_dir() / f"{key}.yaml"
+    return _parse(read_yaml(path, "dataset protocol"), path)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML data of a user's file.
+
+    Raises:
+        InputError: ``"<path>: no such <what> file."`` or ``"<path>: not valid YAML (...)."``
+
+    """
+    path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such dataset protocol file.")
+        raise InputError(f"{path}: no such {what} file.")
+    return parse_yaml(path.read_text(), str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``; a syntax error is one sentence naming ``where`` (InputError)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML ({str(error).splitlines()[0]}).") from None
-    return _parse(data, path)
+        raise InputError(f"{where}: not valid YAML ({str(error).splitlines()[0]}).") from None
 
 
 def _section(data: dict, key: str, allowed: set[str], path: Path, required: set[str]) -> dict[str, Any]:

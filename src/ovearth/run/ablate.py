@@ -34,7 +34,7 @@ import yaml
 
 from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import SegmentationDataset
-from ..data.protocols import load_protocol
+from ..data.protocols import load_protocol, parse_yaml
 from ..errors import InputError
 from ..model.load import LoadedModel
 from ..segment.segmentor import Segmentor
@@ -90,10 +90,7 @@ def load_grid(source: str | Path) -> list[AblationSetting]:
         if not path.is_file():
             raise InputError(f"{path}: no such grid file (or use --grid paper).")
         text, where = path.read_text(), str(path)
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise InputError(f"{where}: not valid YAML ({str(error).splitlines()[0]}).") from None
+    data = parse_yaml(text, where) or {}
     entries = data.get("settings") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{where}: expected 'settings:' with a list of {{refine: SPEC}} entries.")
