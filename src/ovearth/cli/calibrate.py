@@ -129,8 +129,6 @@ def calibrate(
         skip_bad=skip_bad,
     )
     options.check()
-    if name_batch < 1:
-        raise InputError(f"--name-batch must be >= 1, got {name_batch}.")
     from ..segment.segmentor import Segmentor
 
     loaded = load_on(model, device, adapter)

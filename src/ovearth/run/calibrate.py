@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class CalibrateOptions:
     objective: str = "miou"
     name_batch: int = 8
     skip_bad: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise InputError on a bad option (before the model loads)."""
@@ -87,6 +86,8 @@ class CalibrateOptions:
             raise InputError(f"--folds must be 0 (none) or at least 2, got {self.folds}.")
         if self.holdout == 0 and self.folds == 0:
             raise InputError("--holdout 0 and --folds 0 leave nothing to report on; keep one of them.")
+        if self.name_batch < 1:
+            raise InputError(f"--name-batch must be >= 1, got {self.name_batch}.")
         if self.stride < 1:
             raise InputError(f"--sample-stride must be >= 1, got {self.stride}.")
         if self.objective not in OBJECTIVES:
@@ -376,8 +377,6 @@ def _search_all(
                 entry["heldout"] = heldout.confusion(result.config)
                 if confidence == s.confidence_threshold:
                     found.setdefault(split.name, {})["baseline"] = heldout.confusion(start)
-            if confidence == s.confidence_threshold:
-                found.setdefault(split.name, {})["baseline_calibration"] = result.start_objective
             best = found.setdefault(split.name, {}).get("best")
             protocol_first = confidence == s.confidence_threshold
             if (
