@@ -15,7 +15,9 @@ and prints it. Each part is recorded even when a later one fails:
 3. ``fast_vs_reference``: the two modes on this device, float32, same run;
 4. ``bfloat16``: ``--precision bfloat16`` against float32 (fast) and against the
    reference mode in bfloat16, on the golden image;
-5. ``speed``: the README's speed table (``benchmarks/segment_speed.py`` on LoveDA and
+5. ``roofline``: FLOPs of one view's backbone (counted by torch), its float32 / bfloat16
+   seconds, achieved TFLOP/s and share of a large matrix product's TFLOP/s on the device;
+6. ``speed``: the README's speed table (``benchmarks/segment_speed.py`` on LoveDA and
    OpenEarthMap: reference / fast / fast+skip, each also in bfloat16; model-only; images/s;
    peak device memory) and sweeps of the view batch and the prompt batch.
 
@@ -47,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import segment_speed  # noqa: E402  (the benchmark beside this file)
 
 from ovearth import LoadedModel, Segmentor, load_model  # noqa: E402
+from ovearth.model.precision import precision_region  # noqa: E402
 from ovearth.model.preprocess import native_uint8_resize, resize_uint8  # noqa: E402
 from ovearth.model.stages import Sam3Stages  # noqa: E402
 from ovearth.model.testing import save_tiny_model  # noqa: E402
@@ -70,6 +73,11 @@ def agree(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     return float(
         (torch.as_tensor(np.asarray(a)).long() == torch.as_tensor(np.asarray(b)).long()).float().mean()
     )
+
+
+def counts(labels: np.ndarray) -> dict[int, int]:
+    values, n = np.unique(labels, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, n, strict=True)}
 
 
 def check_preprocess(device: torch.device, rgb: np.ndarray) -> dict:
@@ -96,7 +104,7 @@ def check_peer(loaded: LoadedModel, peer: Path, rgb: np.ndarray) -> dict:
     pixels = golden["pixel_values"].to(device)
     raw = {}
     stages = Sam3Stages(loaded.model)
-    with torch.inference_mode():
+    with torch.inference_mode(), precision_region(device, "float32"):
         vision = stages.encode_images(pixels)
         plain = loaded.model.get_vision_features(pixels)
         geometry = geometry_prompt(loaded.model, plain)
@@ -129,23 +137,57 @@ def check_peer(loaded: LoadedModel, peer: Path, rgb: np.ndarray) -> dict:
                     ),
                 },
             }
+    return {
+        "raw": raw,
+        "segearth_ov3": check_segearth(loaded, peer, rgb),
+        "tolerance": "maps 1e-4, labels >= 99.9 %, raw 1e-4 (masks 2e-3)",
+    }
+
+
+def check_segearth(loaded: LoadedModel, peer: Path, rgb: np.ndarray) -> dict:
+    """SegEarth-OV3's three golden settings, fast and reference modes."""
     segearth = load_file(peer / "golden" / "segearth_ov3.safetensors")
     settings = {}
     for prefix, (conf, thd, sem) in SEGEARTH.items():
         for mode in ("fast", "reference"):
             seg = Segmentor(
-                loaded, CLASSES, confidence_threshold=conf, prob_thd=thd, use_semantic=sem, mode=mode
+                loaded,
+                CLASSES,
+                confidence_threshold=conf,
+                prob_thd=thd,
+                use_semantic=sem,
+                bg_idx=0,  # SegEarth-OV3's label of low-score pixels (ovearth's default is 254)
+                mode=mode,
             )
             pred = seg.predict(rgb)
+            ours, theirs = np.asarray(pred.labels), np.asarray(segearth[f"{prefix}/labels"])
             settings[f"{prefix}/{mode}"] = {
                 "maps_max_abs_diff": maxdiff(pred.class_logits, segearth[f"{prefix}/probs"]),
-                "labels_equal": agree(pred.labels, segearth[f"{prefix}/labels"]),
+                "labels_equal": agree(ours, theirs),
+                "label_counts_ours": counts(ours),
+                "label_counts_golden": counts(theirs),
             }
-    return {
-        "raw": raw,
-        "segearth_ov3": settings,
-        "tolerance": "maps 1e-4, labels >= 99.9 %, raw 1e-4 (masks 2e-3)",
-    }
+    return settings
+
+
+def check_segearth_cpu_resize(loaded: LoadedModel, peer: Path, rgb: np.ndarray) -> dict:
+    """:func:`check_segearth` with each view resized by the CPU's uint8 kernel, as the goldens were.
+
+    A diagnosis: the goldens were made on a CPU, and a GPU resizes in float32 and rounds
+    (torchvision's rule there); this part tells how much of the GPU's map difference is the resize.
+    """
+    import ovearth.segment.segmentor as segmentor_module
+
+    plain = segmentor_module.preprocess
+
+    def on_cpu(view: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return plain(view.cpu(), size, dtype).to(view.device)
+
+    segmentor_module.preprocess = on_cpu
+    try:
+        return check_segearth(loaded, peer, rgb)
+    finally:
+        segmentor_module.preprocess = plain
 
 
 def check_modes(loaded: LoadedModel, rgb: np.ndarray) -> dict:
@@ -178,9 +220,71 @@ def check_modes(loaded: LoadedModel, rgb: np.ndarray) -> dict:
     }
 
 
-def check_speed(loaded: LoadedModel, repeat: int) -> dict:
+def peak_matmul(device: torch.device, dtype: torch.dtype, n: int = 8192, repeat: int = 5) -> float:
+    """FLOP/s of an ``n x n x n`` matrix product on ``device`` (best of ``repeat`` after one warm-up)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeat + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def check_roofline(loaded: LoadedModel, repeat: int) -> dict:
+    """FLOPs of one view's backbone (``FlopCounterMode``), its achieved FLOP/s and the share of peak.
+
+    Peak = a large matrix product on the same device and dtype (strict float32, no TF32; the
+    bfloat16 line runs the backbone under autocast, as ``--precision bfloat16`` does).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(loaded.model.parameters()).device
+    stages = Sam3Stages(loaded.model)
+    size = stages.image_size
+    pixels = torch.randn(1, 3, size, size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:  # the counter's module hooks need autograd on (not no_grad / inference_mode)
+        stages.encode_images(pixels)
+    flops = counter.get_total_flops()
+    with torch.inference_mode():
+        out = {"backbone_flops_per_view": flops, "image_size": size}
+        n = 8192 if device.type == "cuda" else 2048
+        for label, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            best = float("inf")
+            for i in range(repeat + 1):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with precision_region(device, label):
+                    stages.encode_images(pixels)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:
+                    best = min(best, time.perf_counter() - t0)
+            peak = peak_matmul(device, dtype, n)
+            out[label] = {
+                "backbone_s_per_view": best,
+                "achieved_tflops": flops / best / 1e12,
+                "peak_matmul_tflops": peak / 1e12,
+                "share_of_peak": flops / best / peak,
+            }
+    return out
+
+
+def check_speed(loaded: LoadedModel, repeat: int, save=lambda partial: None) -> dict:
+    """The speed table and sweeps; ``save(partial)`` after each setting (a killed run keeps them)."""
     modes = ["reference", "fast", "fast+skip", "reference+bf16", "fast+bf16", "fast+skip+bf16"]
-    out = {s: segment_speed.run_setting(loaded, s, modes, repeat=repeat) for s in ("loveda", "openearthmap")}
+    out: dict = {}
+    for setting in ("loveda", "openearthmap"):
+        out[setting] = segment_speed.run_setting(loaded, setting, modes, repeat=repeat)
+        save(out)
     sweeps: dict[str, dict] = {}
     for option, setting, values in (
         ("view_batch", "openearthmap", (1, 2, 4)),
@@ -193,6 +297,8 @@ def check_speed(loaded: LoadedModel, repeat: int) -> dict:
                 "images_per_s": r["images_per_s"]["fast+bf16"],
                 "peak_device_gb": r.get("peak_device_gb", {}).get("fast+bf16"),
             }
+            out["sweeps (fast+bf16; view batch on openearthmap, prompt batch on loveda)"] = sweeps
+            save(out)
     out["sweeps (fast+bf16; view batch on openearthmap, prompt batch on loveda)"] = sweeps
     return out
 
@@ -207,6 +313,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="a tiny random model: smoke test of this script")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--parts", default="", help="comma list of parts to run (default: all)")
+
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -239,10 +347,23 @@ def main() -> None:
         ]
         if peer is not None and not args.tiny:
             parts.insert(1, ("peer", lambda: check_peer(loaded, peer, rgb)))
-        if not args.skip_speed:
-            parts.append(("speed", lambda: check_speed(loaded, args.repeat)))
+            parts.insert(2, ("peer_cpu_resize", lambda: check_segearth_cpu_resize(loaded, peer, rgb)))
+        result["tf32_outside_float32_regions"] = {
+            "cudnn": torch.backends.cudnn.allow_tf32,
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"{slug}_device_check.json"
+
+        def save_speed(partial: dict) -> None:
+            result["speed"] = partial
+            path.write_text(json.dumps(result, indent=2) + "\n")
+
+        parts.append(("roofline", lambda: check_roofline(loaded, args.repeat)))
+        if not args.skip_speed:
+            parts.append(("speed", lambda: check_speed(loaded, args.repeat, save_speed)))
+        if args.parts:
+            parts = [p for p in parts if p[0] in args.parts.split(",")]
         for key, part in parts:
             t0 = time.perf_counter()
             try:

@@ -46,7 +46,7 @@ def synthetic_scene(size: int, seed: int = 0) -> np.ndarray:
 
 def threshold_keeping(seg: Segmentor, image: np.ndarray, keep: float) -> float:
     stages = seg.stages
-    pixels = preprocess(torch.from_numpy(image).permute(2, 0, 1), stages.image_size)[None]
+    pixels = preprocess(torch.from_numpy(image).permute(2, 0, 1).to(stages.device), stages.image_size)[None]
     with torch.inference_mode():
         scores, _ = stages.decode(stages.fuse(stages.encode_images(pixels), seg.text_features)).scores()
     return float(torch.quantile(scores.flatten().float(), 1 - keep))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..model.load import LoadedModel, load_model
+from ..model.precision import precision_region
 from ..model.preprocess import preprocess, to_chw_uint8
 from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
 from ..model.tokenizer import tokenize
@@ -165,16 +167,16 @@ class Segmentor:
             "settings": self.settings.to_dict(),
         }
 
-    def autocast(self) -> torch.autocast:
-        """The precision region: bfloat16 autocast over the whole model when ``precision`` says so.
+    def autocast(self) -> AbstractContextManager[None]:
+        """The precision region (:func:`~ovearth.model.precision.precision_region`).
 
-        With ``"bfloat16"`` it covers what SegEarth-OV3's ``torch.autocast("cuda", bfloat16)``
-        covers: backbone, text encoder, geometry encoder, fusion encoder, decoder, mask
-        decoder, and the resize, sigmoid and score product of masks and semantic maps,
-        which stay in the model's output dtype; the per-name maps accumulate in float32.
+        ``"float32"``: strict float32 (no TF32 on CUDA). ``"bfloat16"``: autocast over what
+        SegEarth-OV3's ``torch.autocast("cuda", bfloat16)`` covers: backbone, text encoder,
+        geometry encoder, fusion encoder, decoder, mask decoder, and the resize, sigmoid and
+        score product of masks and semantic maps, which stay in the model's output dtype; the
+        per-name maps accumulate in float32.
         """
-        bf16 = self.settings.precision == "bfloat16"
-        return torch.autocast(self.stages.device.type, dtype=torch.bfloat16, enabled=bf16)
+        return precision_region(self.stages.device, self.settings.precision)
 
     def set_image(self, image: np.ndarray | Tensor) -> None:
         """Keep the backbone features of ``image``'s views for later calls (SAM's predictor pattern).
