@@ -597,3 +597,27 @@ def test_cli_bad_file_exits_with_one_line_and_no_output(tmp_path, monkeypatch, c
         monkeypatch, capsys, "vectorize", tmp_path / "broken_labels.tif", "-o", tmp_path / "o.shp"
     )
     assert code == 1 and "unknown vector format '.shp'" in err
+
+
+def test_vectorize_classes_names_a_raster_without_a_table(monkeypatch, capsys, tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:, 4:] = 1
+    path = write_labels(tmp_path / "plain_labels.tif", labels, tags=False)
+    code, err = run_cli(monkeypatch, capsys, "vectorize", path)
+    assert code == 1 and "vectorize --classes" in err, err
+    assert not (tmp_path / "plain.gpkg").exists()
+    code, err = run_cli(monkeypatch, capsys, "vectorize", path, "--classes", "water,lake;field")
+    assert code == 0, err
+    _, fields, _ = read_features(tmp_path / "plain.gpkg")
+    assert sorted(fields["class_name"].tolist()) == ["field", "water"]
+    # names given on the command line win over the raster's own table
+    tagged = write_labels(tmp_path / "tagged_labels.tif", labels, k=2)
+    code, err = run_cli(monkeypatch, capsys, "vectorize", tagged, "--classes", "a;b")
+    assert code == 0, err
+    _, fields, _ = read_features(tmp_path / "tagged.gpkg")
+    assert sorted(fields["class_name"].tolist()) == ["a", "b"]
+    # a control character is refused before anything is written
+    code, err = run_cli(
+        monkeypatch, capsys, "vectorize", path, "-o", tmp_path / "x.gpkg", "--classes", "a\x01;b"
+    )
+    assert code == 1 and "U+0001" in err and not (tmp_path / "x.gpkg").exists(), err

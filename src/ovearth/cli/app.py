@@ -9,7 +9,6 @@ folder and record the settings they ran with there.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -20,15 +19,36 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
+from ..environment import progress_seconds, torchrun
 from ..errors import InputError, OvearthError
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain text: "ovearth[parquet]" keeps its brackets
     no_args_is_help=True,
     help="Open-vocabulary segmentation of remote-sensing images with SAM 3 (SegEarth-OV3, exact and fast).",
 )
-err = Console(stderr=True)
+#: stderr. Markup is off: paths, class names and messages are printed as they are (a
+#: ``[red]`` or ``[/x]`` in a file name is text); styles come from :func:`warn` / :func:`fail`.
+err = Console(stderr=True, markup=False, highlight=False)
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` (the word in yellow, the message literally)."""
+    err.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    """Print ``error: <message>`` (the word in bold red, the message literally, at most ~1,000 characters)."""
+    if len(message) > MAX_MESSAGE:
+        message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} characters more)"
+    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+
+
+#: Longest error sentence printed whole (a value quoted in it is cut where it is made).
+MAX_MESSAGE = 1000
 
 
 # Options shared by several commands (one definition, one help text).
@@ -102,7 +122,7 @@ def resolve_device(spec: str) -> str:
     if spec == "auto":
         if not torch.cuda.is_available():
             return "cpu"
-        local_rank = os.environ.get("LOCAL_RANK")
+        local_rank = torchrun().local_rank
         return f"cuda:{local_rank}" if local_rank is not None else "cuda"
     try:
         device = torch.device(spec)
@@ -139,7 +159,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     """``warnings.showwarning`` replacement: ``warning: <first line>``."""
     text = str(message).strip().splitlines()
     first = text[0] if text else category.__name__
-    err.print(f"[yellow]warning:[/] {first}", highlight=False, soft_wrap=True)
+    warn(first)
 
 
 def vocabulary_and_settings(classes: str | None, preset: str | None):
@@ -262,9 +282,9 @@ def progress_bar(field: str | None = None) -> Progress:
 
     Shown only on a terminal and by the main process; logs get :class:`PlainProgress`.
     """
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn()]
     if field is not None:
-        columns.append(TextColumn(field))
+        columns.append(TextColumn(field, markup=False))
     columns.append(TimeRemainingColumn())
     return Progress(*columns, console=err, disable=not (err.is_terminal and is_main_process()))
 
@@ -278,7 +298,7 @@ class PlainProgress:
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.every = float(os.environ.get("OVEARTH_PROGRESS_SECONDS", "30"))
+        self.every = progress_seconds()
         self.on = not err.is_terminal and is_main_process()
         self.start = self.last = time.monotonic()
 
@@ -312,15 +332,22 @@ def _duration(seconds: float) -> str:
 
 def is_main_process() -> bool:
     """True unless this is a torchrun worker of rank > 0."""
-    return os.environ.get("RANK", "0") == "0"
+    return torchrun().rank == 0
+
+
+def check_environment() -> None:
+    """Check the environment variables ``ovearth`` reads before any work (one sentence each)."""
+    torchrun()
+    progress_seconds()
 
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and an exit code."""
     try:
+        check_environment()
         app(standalone_mode=False)
     except OvearthError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        fail(str(error))
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -331,13 +358,20 @@ def main() -> None:
     except Exception as error:  # click usage errors, then anything unexpected
         import click
 
-        if isinstance(error, click.ClickException):
+        # typer >= 0.20 raises its own copy of click's exceptions (``typer._click``): both are shown
+        if isinstance(error, click.ClickException) or _is_click_exception(error):
             error.show()
             sys.exit(error.exit_code)
         if "-v" in sys.argv or "--verbose" in sys.argv:
             raise
-        err.print(f"[bold red]error:[/] {_unexpected(error)}", highlight=False, soft_wrap=True)
+        fail(_unexpected(error))
         sys.exit(3)
+
+
+def _is_click_exception(error: BaseException) -> bool:
+    """A usage error of click or of typer's copy of it (a ``ClickException`` by name, with ``show``)."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return "ClickException" in names and callable(getattr(error, "show", None))
 
 
 def _unexpected(error: BaseException) -> str:

@@ -36,14 +36,29 @@ def vectorize(
         float,
         typer.Option(help="Coverage simplification tolerance (m when projected, else pixels); 0 = exact."),
     ] = 0.0,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Class names of the label values 0, 1, ... as 'building;road;tree' (the first name of "
+            "each class is kept); default: the names the labels GeoTIFF carries."
+        ),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Write one polygon per connected region of each class (class, pixels, area, mean score)."""
+    from ..data.legend import ClassTable
     from ..data.vectorize import vectorize as run
+    from ..segment.vocabulary import Vocabulary
+    from ..viz import palette
 
     setup_logging(verbose)
+    table = None
+    if classes is not None:
+        names = Vocabulary.parse(classes).labels
+        table = ClassTable.build(names, palette(len(names)), unclassified=True)
     default_out, default_scores = default_paths(labels)
     if scores is None and default_scores.is_file():
         scores = default_scores
-    summary = run(labels, output or default_out, scores=scores, min_area=min_area, simplify=simplify)
-    err.print(f"wrote {summary.features} features to {summary.path}", highlight=False, soft_wrap=True)
+    out = output or default_out
+    summary = run(labels, out, scores=scores, table=table, min_area=min_area, simplify=simplify)
+    err.print(f"wrote {summary.features} features to {summary.path}", soft_wrap=True)

@@ -115,5 +115,8 @@ def read_class_table(path: str | Path) -> ClassTable:
     except (RasterioError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"{path}: not a readable labels GeoTIFF ({error}).") from None
     if table is None:
-        raise InputError(f"{path}: carries no ovearth class table (tag {TABLE_TAG}); pass the class names.")
+        raise InputError(
+            f"{path}: carries no ovearth class table (tag {TABLE_TAG}); pass the class names "
+            "(vectorize --classes 'building;road;...')."
+        )
     return table

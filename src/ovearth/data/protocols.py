@@ -36,6 +36,7 @@ import yaml
 from ..errors import InputError
 from ..segment.settings import SegmentSettings
 from ..segment.vocabulary import Vocabulary
+from .safe_yaml import brief_text, parse_yaml, read_yaml  # noqa: F401 (parse_yaml: part of this API)
 
 #: the schema: section -> field -> type (``float`` fields also take integers)
 _FIELDS: dict[str, dict[str, type]] = {
@@ -87,7 +88,8 @@ def _check_types(values: dict[str, Any], section: str, path: Path) -> None:
         )
         if not ok:
             field = f"{section}.{key}" if section else key
-            got = f"the text {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+            shown = brief_text(repr(value))
+            got = f"the text {shown}" if isinstance(value, str) else f"{shown} ({type(value).__name__})"
             raise InputError(f"{path}: field '{field}' must be {_TYPE_WORDS[kind]}, got {got}.")
 
 
@@ -165,27 +167,6 @@ def load_protocol(name_or_path: str | Path) -> DatasetProtocol:
     return _parse(read_yaml(path, "dataset protocol"), path)
 
 
-def read_yaml(path: str | Path, what: str) -> Any:
-    """The YAML data of a user's file.
-
-    Raises:
-        InputError: ``"<path>: no such <what> file."`` or ``"<path>: not valid YAML (...)."``
-
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such {what} file.")
-    return parse_yaml(path.read_text(), str(path))
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load(text)``; a syntax error is one sentence naming ``where`` (InputError)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InputError(f"{where}: not valid YAML ({str(error).splitlines()[0]}).") from None
-
-
 def _section(data: dict, key: str, allowed: set[str], path: Path, required: set[str]) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
@@ -219,7 +200,9 @@ def _parse(data: Any, path: Path) -> DatasetProtocol:
     _check_types(data, "", path)
     bad = next((c for c in data["classes"] if not isinstance(c, str)), None)
     if bad is not None:
-        raise InputError(f"{path}: each item of 'classes' must be text like 'building,house', got {bad!r}.")
+        raise InputError(
+            f"{path}: each item of 'classes' must be text like 'building,house', got {brief_text(repr(bad))}."
+        )
     try:
         vocabulary = Vocabulary.parse(list(data["classes"]))
         segment = _section(data, "segment", _SEGMENT_KEYS, path, set())

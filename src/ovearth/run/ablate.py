@@ -30,11 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import SegmentationDataset
-from ..data.protocols import load_protocol, parse_yaml
+from ..data.protocols import load_protocol
+from ..data.safe_yaml import brief_text, parse_yaml, read_yaml
 from ..errors import InputError
 from ..model.load import LoadedModel
 from ..segment.segmentor import Segmentor
@@ -77,20 +76,15 @@ def load_grid(source: str | Path) -> list[AblationSetting]:
 
     """
     if str(source) == "paper":
-        text = (
-            resources.files("ovearth")
-            .joinpath("configs")
-            .joinpath("grids")
-            .joinpath("paper.yaml")
-            .read_text()
-        )
         where = "the built-in paper grid"
+        grids = resources.files("ovearth").joinpath("configs").joinpath("grids")
+        data = parse_yaml(grids.joinpath("paper.yaml").read_text(), where)
     else:
         path = Path(source)
         if not path.is_file():
             raise InputError(f"{path}: no such grid file (or use --grid paper).")
-        text, where = path.read_text(), str(path)
-    data = parse_yaml(text, where) or {}
+        where, data = str(path), read_yaml(path, "grid")
+    data = data or {}
     entries = data.get("settings") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{where}: expected 'settings:' with a list of {{refine: SPEC}} entries.")
@@ -108,7 +102,8 @@ BASELINE_SETTING = AblationSetting(name=BASELINE)
 def _setting(entry: Any, where: str) -> AblationSetting:
     if not isinstance(entry, dict) or not ({"refine", "zoom", "adapter"} & set(entry)):
         raise InputError(
-            f"{where}: every setting needs a 'refine' spec (or a 'zoom' or an 'adapter'), got {entry!r}."
+            f"{where}: every setting needs a 'refine' spec (or a 'zoom' or an 'adapter'), "
+            f"got {brief_text(repr(entry))}."
         )
     unknown = sorted(set(entry) - _SETTING_KEYS)
     if unknown:
@@ -136,9 +131,7 @@ def load_roots(source: str | Path, datasets: list[str]) -> dict[str, Path]:
 
     """
     path = Path(source)
-    if not path.is_file():
-        raise InputError(f"{path}: no such data-root map (YAML: dataset name -> folder).")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "data-root map (YAML: dataset name -> folder)") or {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping from dataset names to folders.")
     missing = [name for name in datasets if name not in data]

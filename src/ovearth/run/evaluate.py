@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from ..data.datasets import Sample, SegmentationDataset
 from ..data.legend import ClassTable
 from ..data.output import remove_stale_parts
 from ..data.raster import write_labels
+from ..environment import torchrun
 from ..metrics import compute_metrics, confusion_matrix
 from ..segment.segmentor import Segmentor
 from ..viz import palette
@@ -63,9 +63,14 @@ class Shard:
 
     @classmethod
     def from_env(cls, device: torch.device | None = None) -> Shard:
-        """Join the process group described by torchrun's environment variables, if any."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        """Join the process group described by torchrun's environment variables, if any.
+
+        Raises:
+            InputError: a bad ``WORLD_SIZE`` / ``RANK``, or no rendezvous
+                (:func:`~ovearth.environment.torchrun`).
+
+        """
+        if torchrun().world_size <= 1:
             return cls()
         here = False
         if not dist.is_initialized():

@@ -7,6 +7,7 @@ prompted separately; a class's logit is the max over its names (SegEarth-OV3).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,8 +31,9 @@ class Vocabulary:
         """Build a vocabulary from ``"a,b;c"`` or ``["a,b", "c"]`` or ``[["a", "b"], ["c"]]``.
 
         Raises:
-            InputError: empty vocabulary, empty name, duplicate name, or more classes
-                than the label format holds.
+            InputError: empty vocabulary, empty name, duplicate name, a name with a
+                control character (:func:`check_printable`), or more classes than the
+                label format holds.
 
         """
         if isinstance(spec, str):
@@ -52,6 +54,8 @@ class Vocabulary:
                 )
             if not all(names):
                 raise InputError(f"The class '{entry}' has an empty name (look for ',,' or a trailing ',').")
+            for name in names:
+                check_printable(name)
             classes.append(names)
         seen: dict[str, int] = {}
         for index, names in enumerate(classes):
@@ -89,3 +93,24 @@ class Vocabulary:
 
     def __str__(self) -> str:
         return ";".join(",".join(names) for names in self.classes)
+
+
+def check_printable(name: str) -> None:
+    """Refuse a class name holding a control character (Unicode category ``Cc`` / ``Cs``, U+FFFE, U+FFFF).
+
+    Whitespace (tabs, newlines) is collapsed to single spaces before this check. Names
+    travel into XML (GDAL's ``.aux.xml``, QGIS's ``.qml``, the explorer's export), GeoPackage
+    fields and terminals, where such characters are ill-formed or invisible.
+
+    Raises:
+        InputError: ``"The class name '<name, escaped>' holds the control character U+XXXX ..."``.
+
+    """
+    for position, char in enumerate(name):
+        if unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff":
+            shown = name.encode("unicode_escape").decode("ascii")
+            shown = shown if len(shown) <= 60 else shown[:60] + "..."
+            raise InputError(
+                f"The class name '{shown}' holds the control character U+{ord(char):04X} at position "
+                f"{position + 1}; class names must be printable text."
+            )
