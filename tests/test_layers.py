@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ovearth"
 LAYERS = {
     "constants": 0,
     "errors": 0,
+    "environment": 0,
     "metrics": 0,
     "viz": 0,
     "model": 1,
@@ -77,3 +78,21 @@ def test_the_walk_sees_relative_and_nested_imports():
     found = {(s, t) for s, t, _ in _imports()}
     assert ("ovearth.run.files", "ovearth.segment.segmentor") in found  # relative, two dots
     assert ("ovearth.cli.images", "ovearth.run.files") in found  # inside a function
+
+
+def test_light_imports_load_neither_torch_nor_transformers():
+    """``import ovearth`` / ``ovearth.errors`` and ``ovearth --help`` stay light (issue 23: ~4 s before)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import ovearth, ovearth.errors\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "sys.argv = ['ovearth', '--help']\n"
+        "from ovearth.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', heavy, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY [] []", done.stdout[-500:]

@@ -21,3 +21,7 @@ TEXT_MAX_LENGTH = 32
 #: SAM 3 image normalisation: ``(x / 255 - mean) / std`` per channel.
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
+
+#: Prompt forms: ``"meta"``: text tokens + the geometry encoder's CLS token (Meta's ``sam3``,
+#: SegEarth-OV3); ``"transformers"``: text tokens only (``transformers``' forward without boxes).
+PROMPT_FORMS = ("meta", "transformers")

@@ -45,9 +45,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import Sam3Model
 from transformers.masking_utils import create_bidirectional_mask
 
-#: ``"meta"``: text tokens + the geometry encoder's CLS token (Meta's ``sam3``, SegEarth-OV3);
-#: ``"transformers"``: text tokens only (``transformers``' forward without boxes).
-PROMPT_FORMS = ("meta", "transformers")
+from ..constants import PROMPT_FORMS
 
 
 @dataclass

@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..constants import MAX_CLASSES, NODATA_LABEL, UNCLASSIFIED_LABEL
+from ..constants import MAX_CLASSES, NODATA_LABEL, PROMPT_FORMS, UNCLASSIFIED_LABEL
 from ..errors import InputError
-from ..model.stages import PROMPT_FORMS
 from ..refine.registry import RefinePipeline, parse_refine
 from .windows import check_slide
 from .zoom import Zoom
