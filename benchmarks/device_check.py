@@ -17,7 +17,7 @@ and prints it. Each part is recorded even when a later one fails:
    reference mode in bfloat16, on the golden image;
 5. ``roofline``: FLOPs of one view's backbone (counted by torch), its float32 / bfloat16
    seconds, achieved TFLOP/s and share of a large matrix product's TFLOP/s on the device;
-6. ``speed``: the README's speed table (``benchmarks/segment_speed.py`` on LoveDA and
+6. ``speed``: docs/benchmarks.md's speed table (``benchmarks/segment_speed.py`` on LoveDA and
    OpenEarthMap: reference / fast / fast+skip, each also in bfloat16; model-only; images/s;
    peak device memory) and sweeps of the view batch and the prompt batch.
 
