@@ -30,7 +30,8 @@ from ..data.atomic import atomic_path, write_text_atomic
 from ..model.preprocess import preprocess, to_chw_uint8
 from ..refine import RefineContext, as_grid
 from ..refine.first_pass import first_pass
-from ..segment.segmentor import Segmentor, refine_backbone
+from ..segment.segmentor import Segmentor
+from ..segment.views import refine_backbone
 
 
 def spectrum(grid_tokens: Tensor) -> Tensor:

@@ -39,9 +39,11 @@ from ..data.raster import ImageHeader
 from ..data.scene import SceneReader, SceneWriter, bounded_gdal_cache
 from ..errors import InputError
 from ..model.preprocess import to_chw_uint8
+from ..segment.accumulate import RowBuffer, run_windows, window_rows
 from ..segment.fusion import finish, names_to_classes, scores_for_writing
 from ..segment.instances import Instance, StreamingDedup, restricted, shifted
 from ..segment.segmentor import Segmentor
+from ..segment.views import ViewOutput
 from ..segment.windows import Window, tiles_without_overlap, views_for
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
 
@@ -73,52 +75,6 @@ class SceneResult:
     skipped_views: int
     crs: Any = None
     transform: Any = None
-
-
-def window_rows(windows: list[Window]) -> list[list[Window]]:
-    """Group row-major windows into rows of equal ``y1`` (the order is kept)."""
-    rows: list[list[Window]] = []
-    for window in windows:
-        if rows and rows[-1][0].y1 == window.y1:
-            rows[-1].append(window)
-        else:
-            rows.append([window])
-    return rows
-
-
-class RowBuffer:
-    """Sums and counts of per-name logits for the scene rows ``[top, top + capacity)``.
-
-    Allocated once; finished rows are dropped by moving the rest up in place, one name
-    at a time, so no temporary larger than ``capacity x width`` floats is made.
-    """
-
-    def __init__(self, names: int, capacity: int, width: int) -> None:
-        self.total = torch.zeros(names, capacity, width)
-        self.count = torch.zeros(capacity, width)
-        self.top = 0
-
-    def add(self, window: Window, logits: Tensor) -> None:
-        """``total[window] += logits`` (``[P, h, w]``), ``count[window] += 1``."""
-        rows = slice(window.y1 - self.top, window.y2 - self.top)
-        if rows.start < 0 or rows.stop > self.count.shape[0]:
-            raise RuntimeError(f"window {window} is outside the buffered rows from {self.top}")
-        self.total[:, rows, window.x1 : window.x2] += logits
-        self.count[rows, window.x1 : window.x2] += 1
-
-    def mean(self, y1: int, y2: int) -> Tensor:
-        """``[P, y2 - y1, W]`` averaged logits of scene rows ``y1 .. y2``."""
-        rows = slice(y1 - self.top, y2 - self.top)
-        return self.total[:, rows] / self.count[rows]
-
-    def drop(self, upto: int) -> None:
-        """Forget the rows above ``upto``; the buffer then starts there."""
-        n = upto - self.top
-        kept = self.count.shape[0] - n
-        for plane in (*self.total, self.count):
-            plane[:kept] = plane[n:].clone()
-            plane[kept:] = 0
-        self.top = upto
 
 
 def segment_scene(
@@ -176,29 +132,34 @@ def segment_scene(
         table = ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
         objects = StreamingDedup()  # holds only the instances later windows may still meet
         with SceneWriter(paths["labels"], reader, table, paths.get("scores"), names, cog=cog) as writer:
+            valids: dict[Window, np.ndarray] = {}  # of the windows read and not yet added
+
+            def read(window: Window) -> Tensor | None:
+                rgb, valid = reader.read(*window)
+                if disjoint and not valid.any():
+                    return None  # all nodata (255) whatever it would predict
+                valids[window] = valid
+                return to_chw_uint8(rgb)
+
+            def add(window: Window, output: ViewOutput) -> None:
+                buffer.add(window, output.logits.cpu())
+                torch.maximum(presence, output.presence.cpu(), out=presence)
+                valid = valids.pop(window)
+                if output.instances is not None:  # cut to the valid pixels, then to image coordinates
+                    kept = restricted(output.instances, valid)
+                    objects.add([shifted(one, window.y1, window.x1) for one in kept])
+
+            def progress(count: int) -> None:
+                nonlocal done
+                done += count
+                if on_view is not None:
+                    on_view(done, len(windows))
+
+            instances = found is not None
             for r, row in enumerate(rows):
-                for start in range(0, len(row), segmentor.view_batch):
-                    batch = row[start : start + segmentor.view_batch]
-                    crops, run, valids = [], [], []
-                    for window in batch:
-                        rgb, valid = reader.read(*window)
-                        if disjoint and not valid.any():
-                            skipped += 1
-                            continue
-                        crops.append(to_chw_uint8(rgb))
-                        run.append(window)
-                        valids.append(valid)
-                    sinks = None if found is None else [[] for _ in crops]
-                    results = segmentor.crop_logits(crops, skip, sinks=sinks) if crops else []
-                    for i, (window, (logits, pres)) in enumerate(zip(run, results, strict=True)):
-                        buffer.add(window, logits.cpu())
-                        torch.maximum(presence, pres.cpu(), out=presence)
-                        if sinks is not None:  # cut to the window's valid pixels, then to image coordinates
-                            kept = restricted(sinks[i], valids[i])
-                            objects.add([shifted(one, window.y1, window.x1) for one in kept])
-                    done += len(batch)
-                    if on_view is not None:
-                        on_view(done, len(windows))
+                skipped += run_windows(
+                    segmentor.engine, row, read, add, skip=skip, instances=instances, on_batch=progress
+                )
                 if r == len(rows) - 1:
                     final = height
                 else:  # rows above the next windows are final; write whole GeoTIFF blocks only

@@ -7,20 +7,20 @@ pred = seg.predict(rgb)            # rgb: [H, W, 3] uint8 numpy array
 pred.labels, pred.class_logits, pred.presence
 ```
 
-The ``fast`` mode runs the backbone once per view, encodes every prompt name once per
-``Segmentor`` (cached), runs fusion encoder, decoder and mask decoder for all names of a
-view in batches of ``prompt_batch``, and computes instance masks only for kept queries.
-The ``reference`` mode runs :func:`reference_view_logits`. Both share preprocessing,
-window placement and the fusion rules, and agree to 1e-5 in float32 (tested).
+The segmentor is the predictor: it holds the model, the vocabulary, the settings and an
+image's kept features (``set_image``), places the views (sliding windows, zoom regions),
+runs them through its :class:`~.views.ViewEngine` with :func:`~.accumulate.run_windows`
+(the one view loop) and applies SegEarth-OV3's class rules (:mod:`.fusion`). The ``fast``
+and ``reference`` modes share preprocessing, window placement and the fusion rules, and
+agree to 1e-5 in float32 (tested).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +30,14 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..model.load import LoadedModel, load_model
-from ..model.precision import precision_region
-from ..model.preprocess import preprocess, to_chw_uint8
-from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
-from ..model.tokenizer import tokenize
-from ..refine import RefineContext, RefinePipeline, Refiner, as_grid, as_tokens
-from ..refine.first_pass import first_pass
-from .fusion import (
-    finish,
-    instance_max,
-    instance_max_batched,
-    kept_padded,
-    names_to_classes,
-    resize,
-    semantic_probs,
-)
-from .instances import Instance, deduplicate, restricted, shifted, view_instances
-from .reference import reference_view_logits
-from .settings import ACCELERATOR_PROMPT_BATCH, ACCELERATOR_VIEW_BATCH, CUSTOM_REFINER, SegmentSettings
+from ..model.preprocess import to_chw_uint8
+from ..model.stages import Sam3Stages, TextFeatures
+from ..refine import RefinePipeline, Refiner
+from .accumulate import ImageSum, run_windows
+from .fusion import finish, names_to_classes
+from .instances import Instance, deduplicate, restricted
+from .settings import CUSTOM_REFINER, SegmentSettings
+from .views import HeldImage, ViewEngine, image_digest, refine_backbone  # noqa: F401 (re-exported)
 from .vocabulary import Vocabulary
 from .windows import Window, tiles_without_overlap, views_for
 from .zoom import choose_regions
@@ -122,38 +112,33 @@ class Segmentor:
         self.stages = Sam3Stages(
             self.loaded.model, compile_backbone=self.settings.compile, prompt_form=self.settings.prompt_form
         )
-        #: instance masks of all prompts of a batch at once, padded to the largest kept count
-        #: (no per-prompt host syncs; accelerators). On CPU the per-prompt loop computes
-        #: no padding, which measured faster.
-        self.batched_instances = self.stages.device.type != "cpu"
-        self._text: TextFeatures | None = None
+        #: the per-view forward (text cache, batches, instance term)
+        self.engine = ViewEngine(self.loaded, self.vocabulary, self.settings, self.pipeline, self.stages)
         self._held: HeldImage | None = None
 
     @property
     def prompt_batch(self) -> int:
-        """Prompts per batch: the setting, else 1 on CPU and a larger batch on accelerators."""
-        if self.settings.prompt_batch is not None:
-            return self.settings.prompt_batch
-        return 1 if self.stages.device.type == "cpu" else ACCELERATOR_PROMPT_BATCH
+        """Prompts per batch (:attr:`ViewEngine.prompt_batch`)."""
+        return self.engine.prompt_batch
 
     @property
     def view_batch(self) -> int:
-        """Views per backbone batch: the setting, else 1 on CPU and a larger batch on accelerators."""
-        if self.settings.view_batch is not None:
-            return self.settings.view_batch
-        return 1 if self.stages.device.type == "cpu" else ACCELERATOR_VIEW_BATCH
+        """Views per backbone batch (:attr:`ViewEngine.view_batch`)."""
+        return self.engine.view_batch
+
+    @property
+    def batched_instances(self) -> bool:
+        """Instance masks of a whole prompt batch at once (accelerators; see :class:`ViewEngine`)."""
+        return self.engine.batched_instances
+
+    @batched_instances.setter
+    def batched_instances(self, value: bool) -> None:
+        self.engine.batched_instances = value
 
     @property
     def text_features(self) -> TextFeatures:
-        """Projected text features of every prompt name, encoded once (under :meth:`autocast`) and cached."""
-        if self._text is None:
-            tokens = tokenize(self.loaded.tokenizer, self.vocabulary.names)
-            device = self.stages.device
-            with torch.inference_mode(), self.autocast():
-                self._text = self.stages.encode_text(
-                    tokens.input_ids.to(device), tokens.attention_mask.to(device)
-                )
-        return self._text
+        """Projected text features of every prompt name, encoded once and cached."""
+        return self.engine.text_features
 
     def record(self) -> dict[str, Any]:
         """What a results file says about this segmentor: version, model, device, classes, settings."""
@@ -168,15 +153,8 @@ class Segmentor:
         }
 
     def autocast(self) -> AbstractContextManager[None]:
-        """The precision region (:func:`~ovearth.model.precision.precision_region`).
-
-        ``"float32"``: strict float32 (no TF32 on CUDA). ``"bfloat16"``: autocast over what
-        SegEarth-OV3's ``torch.autocast("cuda", bfloat16)`` covers: backbone, text encoder,
-        geometry encoder, fusion encoder, decoder, mask decoder, and the resize, sigmoid and
-        score product of masks and semantic maps, which stay in the model's output dtype; the
-        per-name maps accumulate in float32.
-        """
-        return precision_region(self.stages.device, self.settings.precision)
+        """The precision region of the model calls (:meth:`ViewEngine.autocast`)."""
+        return self.engine.autocast()
 
     def set_image(self, image: np.ndarray | Tensor) -> None:
         """Keep the backbone features of ``image``'s views for later calls (SAM's predictor pattern).
@@ -292,17 +270,22 @@ class Segmentor:
                 "Logits for several confidence thresholds come from the fast mode without zoom or instances."
             )
         grid = () if confidences is None else (len(confidences),)
-        total = torch.zeros(*grid, num_names, height, width, device=device)
-        count = torch.zeros(height, width, device=device)
-        presence = torch.zeros(num_names, device=device)
-        zoom = s.parsed_zoom
-        skip = self.can_skip(windows, height, width)
+        sums = ImageSum(grid, num_names, height, width, device, found is not None)
         held = self._held if self._held is not None and self._held.key == image_digest(view) else None
-        self._add_views(view, windows, total, count, presence, skip, held, found, confidences)
+
+        def read(window: Window) -> Tensor:
+            return view[:, window.y1 : window.y2, window.x1 : window.x2]
+
+        options = {"held": held, "instances": found is not None}
+        skip = self.can_skip(windows, height, width)
+        run_windows(self.engine, windows, read, sums.add, skip=skip, confidences=confidences, **options)
+        zoom = s.parsed_zoom
         if zoom is not None:  # second pass: the least certain regions as extra views
-            first = names_to_classes(total / count, self.vocabulary.name_class, len(self.vocabulary))
-            self._add_views(view, choose_regions(first, zoom), total, count, presence, held=held, found=found)
-        return total / count, presence
+            first = names_to_classes(sums.mean(), self.vocabulary.name_class, len(self.vocabulary))
+            run_windows(self.engine, choose_regions(first, zoom), read, sums.add, **options)
+        if found is not None:
+            found.extend(sums.found)
+        return sums.mean(), sums.presence
 
     def can_skip(self, windows: list[Window], height: int, width: int) -> bool:
         """Whether the provable skip applies to ``windows`` of a ``height x width`` image.
@@ -316,33 +299,6 @@ class Segmentor:
             return False
         return tiles_without_overlap(windows, height, width)
 
-    def _add_views(
-        self,
-        view: Tensor,
-        windows: list[Window],
-        total: Tensor,
-        count: Tensor,
-        presence: Tensor,
-        skip: bool = False,
-        held: HeldImage | None = None,
-        found: list[Instance] | None = None,
-        confidences: Sequence[float] | None = None,
-    ) -> None:
-        """Accumulate the per-name logits of ``windows`` into ``total`` / ``count`` (in place)."""
-        for start in range(0, len(windows), self.view_batch):
-            batch = windows[start : start + self.view_batch]
-            crops = [view[:, w.y1 : w.y2, w.x1 : w.x2] for w in batch]
-            keys = None if held is None else [(w.y1, w.y2, w.x1, w.x2) for w in batch]
-            sinks = None if found is None else [[] for _ in batch]
-            results = self.crop_logits(crops, skip, keys, held, sinks, confidences)
-            for i, (window, (logits, pres)) in enumerate(zip(batch, results, strict=True)):
-                total[..., window.y1 : window.y2, window.x1 : window.x2] += logits
-                count[window.y1 : window.y2, window.x1 : window.x2] += 1
-                torch.maximum(presence, pres, out=presence)
-                if sinks is not None:
-                    found.extend(shifted(one, window.y1, window.x1) for one in sinks[i])
-
-    @torch.inference_mode()
     def crop_logits(
         self,
         crops: list[Tensor],
@@ -352,207 +308,13 @@ class Segmentor:
         sinks: list[list[Instance]] | None = None,
         confidences: Sequence[float] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
-        """Per-name logits of views run through the backbone together (no averaging).
-
-        Args:
-            crops: ``V`` views, each ``[3, h, w]`` uint8 (sizes may differ).
-            skip: apply the provable skip (see :class:`SegmentSettings`); only valid
-                when no pixel is covered by two views.
-            keys: with ``held``, one key per crop (its window): features found in
-                ``held`` are reused, the others computed and added (fast mode).
-            held: the features kept by :meth:`set_image`.
-            sinks: one list per crop; each view's instances (view coordinates) are added.
-            confidences: see :meth:`name_logits` (fast mode only).
-
-        Returns:
-            Per view ``([P, h, w] logits, [P] presence)`` (``[G, P, h, w]`` with ``confidences``).
-
-        """
-        size = self.stages.image_size
-        dtype = self.stages.dtype
-        device = self.stages.device
-        crops = [crop.to(device) for crop in crops]
-        sinks = sinks if sinks is not None else [None] * len(crops)
-        with self.autocast():
-            if self.settings.mode == "reference":
-                names = self.vocabulary.names
-                return [
-                    reference_view_logits(
-                        self.loaded,
-                        preprocess(crop, size, dtype)[None],
-                        crop,
-                        names,
-                        self.settings,
-                        self.pipeline,
-                        sink,
-                        self.vocabulary.name_class,
-                    )
-                    for crop, sink in zip(crops, sinks, strict=True)
-                ]
-            use_held = held is not None and keys is not None
-            todo = [i for i in range(len(crops)) if not (use_held and keys[i] in held.views)]
-            computed: dict[int, VisionFeatures] = {}
-            if todo:
-                vision = self.stages.encode_images(
-                    torch.stack([preprocess(crops[i], size, dtype) for i in todo])
-                )
-                computed = {i: vision.view(j) for j, i in enumerate(todo)}
-                if use_held:
-                    held.views.update({keys[i]: features for i, features in computed.items()})
-            views = [computed[i] if i in computed else held.views[keys[i]] for i in range(len(crops))]
-            return [
-                self._view_logits_fast(v, crop, skip, sink, confidences)
-                for v, crop, sink in zip(views, crops, sinks, strict=True)
-            ]
-
-    def _view_logits_fast(
-        self,
-        vision: VisionFeatures,
-        crop: Tensor,
-        skip: bool = False,
-        sink: list[Instance] | None = None,
-        confidences: Sequence[float] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """All names of one view, in prompt batches: ``([P, h, w], [P])``.
-
-        With ``confidences`` (``G`` values), the logits for each of them as the confidence
-        threshold: ``([G, P, h, w], [P])``, from one run of the decoders; each map equals the
-        one a segmentor with that ``confidence_threshold`` computes (same calls).
-        """
-        s = self.settings
-        stages = self.stages
-        size = (int(crop.shape[-2]), int(crop.shape[-1]))
-        names = self.vocabulary.names
-        grid = (s.confidence_threshold,) if confidences is None else tuple(confidences)
-        cache: dict = {}  # per-view scratch space shared by the refiners
-        if self.pipeline and s.refine_at == "backbone":
-            vision = refine_backbone(stages, vision, self.pipeline, RefineContext(view=crop, cache=cache))
-        text = self.text_features
-        shared = stages.first_self_attention(vision)  # the prompt-free first block, once per view
-        num_names = text.features.shape[0]
-        batch = self.prompt_batch
-        logits = torch.zeros(len(grid), num_names, *size, device=stages.device)
-        presence_all = torch.zeros(num_names, device=stages.device)
-        for start in range(0, num_names, batch):
-            chunk = slice(start, min(start + batch, num_names))
-            fused = stages.fuse(vision, text.select(chunk), shared)
-            for_decoder = for_mask = fused.tokens
-            if self.pipeline and s.refine_at == "fusion":
-                context = RefineContext(prompts=names[chunk], view=crop, cache=cache)
-                if self.pipeline.first_pass:
-                    first_pass(stages.model, self.pipeline, context, lambda fused=fused: stages.decode(fused))
-                refined = self.pipeline(fused.tokens, fused.grid, context)
-                for_decoder = refined if s.refine_for in ("both", "decoder") else fused.tokens
-                for_mask = refined if s.refine_for in ("both", "mask") else fused.tokens
-            decoded = stages.decode(fused, for_decoder)
-            scores, presence = decoded.scores()
-            presence_all[chunk] = presence
-            # prompts whose mask decoder can matter (all, unless a provable skip applies)
-            rows = (
-                (presence >= s.lowest_prob_thd).nonzero()[:, 0]
-                if skip
-                else torch.arange(len(presence), device=presence.device)
-            )
-            keeps = [self._kept(scores, presence, c, skip) for c in grid]
-            if len(rows) == 0 or not (s.use_semantic or any(keep.any() for keep in keeps)):
-                continue
-            every = len(rows) == len(presence)
-            pixel_embed = stages.pixel_embed(
-                vision, fused if every else fused.select(rows), for_mask if every else for_mask[rows]
-            )
-            semantic = semantic_probs(stages.semantic_logits(pixel_embed), size) if s.use_semantic else None
-            for g, keep in enumerate(keeps):
-                term = torch.zeros(len(presence), *size, device=stages.device)
-                self._instance_term(term, pixel_embed, decoded, scores, keep, rows, start, size, sink)
-                if semantic is not None:
-                    term[rows] = torch.maximum(term[rows], semantic)
-                if s.use_presence:
-                    term = term * presence[:, None, None].float()
-                logits[g, chunk] = term
-        return (logits[0] if confidences is None else logits), presence_all
-
-    def _kept(self, scores: Tensor, presence: Tensor, confidence: float, skip: bool) -> Tensor:
-        """``[B, Q]`` bool: the queries kept at ``confidence`` (none without the instance term)."""
-        s = self.settings
-        keep = scores > confidence if s.use_instances else torch.zeros_like(scores, dtype=bool)
-        if skip:
-            keep[presence < s.lowest_prob_thd] = False
-        return keep
-
-    def _instance_term(
-        self,
-        term: Tensor,
-        pixel_embed: Tensor,
-        decoded: Any,
-        scores: Tensor,
-        keep: Tensor,
-        rows: Tensor,
-        start: int,
-        size: tuple[int, int],
-        sink: list[Instance] | None,
-    ) -> None:
-        """Write the instance term of the ``keep`` queries of each prompt into ``term [B, h, w]``."""
-        stages = self.stages
-        kept_any = keep.any(dim=1).tolist()
-        if not any(kept_any):
-            return
-        if self.batched_instances:  # padded to the largest count: few syncs
-            index, weight = kept_padded(scores[rows], keep[rows])
-            selected = decoded.queries[rows]
-            queries = selected.gather(1, index[..., None].expand(-1, -1, selected.shape[-1]))
-            masks = stages.instance_logits(pixel_embed, queries)
-            term[rows] = instance_max_batched(masks, weight, size)
-            if sink is not None:
-                for j, b in enumerate(rows.tolist()):
-                    n = int((weight[j] > 0).sum())
-                    sink.extend(self._instances(resize(masks[j, :n], size), weight[j, :n], start + b))
-            return
-        for j, b in enumerate(rows.tolist()):  # a loop over prompts, not instances
-            if kept_any[b]:
-                masks = stages.instance_logits(pixel_embed[j], decoded.queries[b][keep[b]])
-                term[b] = instance_max(masks, scores[b][keep[b]], size)
-                if sink is not None:
-                    sink.extend(self._instances(resize(masks, size), scores[b][keep[b]], start + b))
-
-    def _instances(self, mask_logits: Tensor, scores: Tensor, name_index: int) -> list[Instance]:
-        """Instances of name ``name_index`` in a view from its kept masks ``[K, h, w]`` and scores."""
-        vocabulary = self.vocabulary
-        return view_instances(
-            mask_logits, scores, None, vocabulary.name_class[name_index], vocabulary.names[name_index]
+        """``[(logits, presence)]`` of views (:meth:`ViewEngine.run`); instances added to ``sinks``."""
+        outputs = self.engine.run(
+            crops, skip=skip, keys=keys, held=held, instances=sinks is not None, confidences=confidences
         )
-
-
-@dataclass
-class HeldImage:
-    """Features kept for one image by :meth:`Segmentor.set_image`.
-
-    Attributes:
-        key: :func:`image_digest` of the image.
-        views: window ``(y1, y2, x1, x2)`` -> that view's :class:`VisionFeatures`.
-
-    """
-
-    key: str
-    views: dict[tuple, VisionFeatures] = field(default_factory=dict)
-
-
-def image_digest(view: Tensor) -> str:
-    """BLAKE2b of a ``[3, H, W]`` uint8 image's shape and bytes."""
-    data = view.detach().cpu().contiguous().numpy()
-    return hashlib.blake2b(repr(data.shape).encode() + data.tobytes(), digest_size=16).hexdigest()
-
-
-def refine_backbone(
-    stages: Sam3Stages, vision: VisionFeatures, pipeline: RefinePipeline, context: RefineContext
-) -> VisionFeatures:
-    """Refine the coarsest backbone level ``[V, C, h, w]``.
-
-    Its readers (the fusion encoder and, in Meta's prompt form, the geometry encoder)
-    all see the refined tokens.
-    """
-    level = vision.levels[-1]
-    refined = as_grid(pipeline(as_tokens(level), tuple(level.shape[-2:]), context), tuple(level.shape[-2:]))
-    return stages.with_coarsest(vision, refined)
+        for sink, output in zip(sinks or [], outputs, strict=False):
+            sink.extend(output.instances)
+        return [(output.logits, output.presence) for output in outputs]
 
 
 def _spec(pipeline: RefinePipeline) -> str:
