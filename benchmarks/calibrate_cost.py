@@ -5,7 +5,7 @@
 LoveDA's protocol (7 classes) with the built-in synonym pool (31 names, about 5 per
 class), on 50 synthetic 1024 x 1024 tiles in LoveDA's layout (``tests/data/make_synthetic``),
 with the tiny random SAM 3 (1008 input), default options (sample stride 4, fixed split
-30 %, 5 folds, confidences 0.3..0.7, thresholds 0.05..0.95), CPU float32. Reports the
+30 %, 5 folds, confidences 0.3..0.7, thresholds: the data's cut points), CPU float32. Reports the
 model pass and the search times in one run, and extrapolates the model pass to the
 full-size model with its measured costs on this machine (``class_change_cpu.json``:
 per image, one backbone pass plus 3.3 s per name), to give the search's share of a real run.
@@ -66,7 +66,7 @@ def main() -> None:
         "protocol": "loveda (7 classes)",
         "names": len(pool.names),
         "tiles": f"{args.tiles} x {args.size} x {args.size}",
-        "options": "sample stride 4, holdout 0.3, 5 folds, 5 confidences, 19 thresholds",
+        "options": "sample stride 4, holdout 0.3, 5 folds, 5 confidences, thresholds at the data's cut points",
         "model": "tiny random SAM 3 (1008 input)",
         "machine": f"{platform.machine()}, {__import__('torch').get_num_threads()} threads",
         "model_pass_s": cost["model_pass_seconds"],

@@ -28,10 +28,10 @@ from .conftest import make_image, run_cli
 from .data.make_synthetic import make_dataset
 
 NAMES = ["background", "building", "house", "roof", "road", "street", "highway"]
-#: the planted answer: class 1 = house or roof, class 2 = street, and their thresholds
+#: the planted answer: class 1 = house or roof, class 2 = street, and their thresholds (off
+#: any coarse grid, inside the range of the classes' scores: about 0.13..0.35 here)
 TRUTH_NAMES = [["background"], ["house", "roof"], ["street"]]
-TRUTH_THRESHOLDS = [0.1, 0.24, 0.23]
-GRID = "0.15:0.3:0.01"
+TRUTH_THRESHOLDS = [0.1, 0.2237, 0.2462]
 
 
 def test_logits_for_several_confidences_equal_separate_runs(tiny):
@@ -91,31 +91,47 @@ def planted(tiny, tmp_path_factory):
 
 
 def test_calibrate_recovers_planted_names_and_thresholds(monkeypatch, capsys, tiny_dir, planted, tmp_path):
+    """Default options: the names exactly, the thresholds to 1e-3 (cut points of the data), mIoU 100."""
     out = tmp_path / "out"
     args = ["calibrate", "--dataset-config", planted / "planted.yaml", "--data-root", planted / "data"]
     args += ["--model", tiny_dir, "--candidates", planted / "candidates.yaml", "--no-builtin-pool"]
-    args += ["--thresholds", GRID, "--confidences", "0.5", "--sample-stride", "1", "--holdout", "0.25"]
-    args += ["--folds", "2", "-o", out]
-    code, err = run_cli(monkeypatch, capsys, *args)
+    args += ["--confidences", "0.5", "--sample-stride", "1", "--holdout", "0.25", "--folds", "2"]
+    code, err = run_cli(monkeypatch, capsys, *args, "-o", out)
     assert code == 0, err
     report = json.loads((out / "calibration.json").read_text())
+    assert report["threshold_search"] == {"rule": "cuts", "max_cuts": 1024}
     fixed = report["splits"][0]
     assert fixed["name"] == "fixed" and len(fixed["heldout"]) == 2
     assert fixed["best"]["names"] == TRUTH_NAMES
-    assert fixed["best"]["thresholds"][1:] == TRUTH_THRESHOLDS[1:]
+    assert fixed["best"]["objective"] == 1.0  # the planted labels exactly, on the calibration pixels
+    found = fixed["best"]["thresholds"]
+    assert all(abs(t - truth) < 1e-3 for t, truth in zip(found[1:], TRUTH_THRESHOLDS[1:], strict=True)), found
     assert report["summary"]["fixed"]["calibrated"]["mIoU"] == 100.0
     assert report["summary"]["fixed"]["baseline"]["mIoU"] < 60
-    assert all(fold["calibrated"] == 100.0 for fold in report["summary"]["folds"])
+    # a fold's threshold may differ from the truth by less than its calibration pixels' gap
+    # there, which a held-out pixel can fall in (fold 2: one pixel)
+    assert all(fold["calibrated"] > 99.5 for fold in report["summary"]["folds"])
     assert "held-out mIoU" in err and "100.00" in err
     protocol = load_protocol(out / "planted_calibrated.yaml")
     assert [list(names) for names in protocol.vocabulary.classes] == TRUTH_NAMES
-    assert protocol.settings.class_prob_thd == (("house", 0.24), ("street", 0.23))
+    # the YAML holds the thresholds the search scored, to the last digit
+    assert protocol.settings.class_prob_thd == (("house", found[1]), ("street", found[2]))
     assert protocol.settings.prob_thd == 0.1 and protocol.settings.bg_idx == 0
+    record = yaml.safe_load((out / "planted_calibrated.yaml").read_text())["calibration"]
+    assert record["thresholds_tried"].startswith("cut points of the data")
     for name in ("calibration.md", "calibration.csv", "calibration.png", "heldout.txt"):
         assert (out / name).stat().st_size > 0, name
-    assert "| road | road | street | 0.23 |" in (out / "calibration.md").read_text().replace(
+    assert f"| road | road | street | {found[2]} |" in (out / "calibration.md").read_text().replace(
         "| 2 |", "| road |"
     )
+    # the fixed grid is still an option (the same cache: no model pass), and too coarse here
+    code, err = run_cli(monkeypatch, capsys, *args, "--thresholds", "0.05:0.95:0.05", "-o", out)
+    assert code == 0, err
+    coarse = json.loads((out / "calibration.json").read_text())
+    assert coarse["cost"]["images_run"] == 0
+    assert coarse["threshold_search"]["rule"] == "grid" and len(coarse["threshold_search"]["values"]) == 19
+    assert all(round(t / 0.05, 6).is_integer() for t in coarse["splits"][0]["best"]["thresholds"])
+    assert coarse["summary"]["fixed"]["calibrated"]["mIoU"] < 95
 
 
 def test_eval_of_the_written_yaml_reproduces_the_heldout_report(
@@ -124,12 +140,14 @@ def test_eval_of_the_written_yaml_reproduces_the_heldout_report(
     root = make_dataset("loveda", tmp_path, num_images=6, size=(40, 48))
     protocol = load_protocol("loveda")
     segmentor = Segmentor(tiny, protocol.vocabulary, settings=protocol.settings)
-    thresholds = (0.1, 0.2, 0.22, 0.24, 0.26, 0.5)
-    options = CalibrateOptions(holdout=0.34, folds=0, stride=1, thresholds=thresholds, confidences=(0.5,))
+    options = CalibrateOptions(holdout=0.34, folds=0, stride=1, confidences=(0.5,))  # data cut points
     pool = build_pool(protocol.vocabulary, max_names=3)
     result = calibrate(segmentor, SegmentationDataset(protocol, root), pool, tmp_path / "cal", options)
     reported = result["summary"]["fixed"]
     assert reported["calibrated"]["mIoU"] != reported["baseline"]["mIoU"]  # something was chosen
+    # thresholds between two sampled scores, finer than any grid: the YAML must keep them exactly
+    found = result["splits"][0]["best"]["thresholds"]
+    assert any(len(repr(t)) > 5 for t in found), found
     split = tmp_path / "cal" / "heldout.txt"
     for config, which in ((tmp_path / "cal" / "loveda_calibrated.yaml", "calibrated"), (None, "baseline")):
         source = ["--dataset-config", config] if config else ["--dataset", "loveda"]

@@ -7,17 +7,25 @@ in batches, see :func:`image_maps`) with *all* the confidence thresholds of the 
 ``y = s//2 + i*s, x = s//2 + j*s`` for sample stride ``s`` (every pixel with ``s = 1``),
 one plane per confidence, or one plane when the confidence changes nothing (no instance
 kept) - and the name's presence; per image, ``target.npz`` holds the label and the valid
-mask at the same pixels. Entries carry their SHA-256, are written atomically and a bad one
-is discarded and recomputed, as ``eval``'s.
+mask at the same pixels.
+
+Each entry records its *key*, what it was computed for (the image, the name or
+``target``, and the model, settings, confidences, stride and label rules of the pass;
+see :func:`ovearth.run.calibrate.entry_key`), and the SHA-256 of its arrays and key. It
+is written atomically; on read, an entry whose bytes do not check, or whose key differs
+from the one expected (an entry copied over another's, or one from before keys, which
+has none), is discarded with a warning naming the file and what differed, and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,35 +50,71 @@ def name_key(name: str) -> str:
     return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}.npz"
 
 
-def write_entry(path: Path, **arrays: np.ndarray) -> None:
-    """Store arrays with the SHA-256 of their bytes (atomically)."""
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+def write_entry(path: Path, key: Mapping[str, Any], **arrays: np.ndarray) -> None:
+    """Store ``arrays`` with their ``key`` (as JSON) and the SHA-256 of both (atomically)."""
+    arrays = {**arrays, "key": np.array(_key_text(key))}
     with atomic_path(path) as temp:
         with open(temp, "wb") as handle:
-            np.savez(handle, sha256=np.array(digest.hexdigest()), **arrays)
+            np.savez(handle, sha256=np.array(_digest(arrays)), **arrays)
 
 
-def read_entry(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """The arrays of an entry if it exists and checks, else None (a bad one is removed, with a warning)."""
+def read_entry(path: Path, fields: Sequence[str], key: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+    """The ``fields`` of an entry if it exists, checks and was written for ``key``, else None.
+
+    A bad or mismatched entry is removed, with a warning that names the file and the
+    problem (the key's fields that differ, with both values).
+    """
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in keys}
+            stored = str(data["key"]) if "key" in data.files else None
+            arrays = {name: data[name] for name in fields}
             check = str(data["sha256"])
-        digest = hashlib.sha256()
-        for key in sorted(arrays):
-            digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-        if digest.hexdigest() == check:
-            return arrays
-        problem = "its checksum does not match"
+        if stored is None:
+            problem = "it records no key (written before entries had one)"
+        elif _digest({**arrays, "key": np.array(stored)}) != check:
+            problem = "its checksum does not match"
+        else:
+            differ = key_differences(json.loads(stored), json.loads(_key_text(key)))
+            if not differ:
+                return arrays
+            problem = f"it was written for another {'; '.join(differ)}"
     except Exception as error:  # any unreadable file is a bad entry, whatever numpy raises
         problem = f"it cannot be read ({type(error).__name__})"
-    logger.warning("Discarding the corrupt cache entry %s: %s; recomputing it.", path, problem)
+    logger.warning("Discarding the cache entry %s: %s; recomputing it.", path, problem)
     path.unlink(missing_ok=True)
     return None
+
+
+def key_differences(stored: Any, expected: Any, where: str = "") -> list[str]:
+    """``field: <stored> here, <expected> expected`` (values as JSON) per differing leaf of two values."""
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        out = []
+        for name in sorted(set(stored) | set(expected)):
+            part = f"{where}.{name}" if where else name
+            out += key_differences(stored.get(name, "(none)"), expected.get(name, "(none)"), part)
+        return out
+    if stored == expected:
+        return []
+    return [f"{where or 'key'}: {_brief(stored)} here, {_brief(expected)} expected"]
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_text(key: Mapping[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of the arrays' bytes, in the order of their names."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
 def image_maps(

@@ -6,11 +6,17 @@
 * ``heldout.txt``: the fixed split's held-out images (a ``--split`` file for ``eval``);
 * ``calibration.md`` / ``.csv`` / ``.json``: baseline vs calibrated per class on the
   held-out images of the fixed split and pooled over the folds, per fold mIoU and gain,
-  the warning when the gain is within the folds' spread, the cost;
-* ``calibration.png``: held-out IoU per class, baseline vs calibrated.
+  the warning when the gain is within the folds' spread, notes on splits without valid
+  pixels, how thresholds were searched, the cost;
+* ``calibration.png``: held-out IoU per class, baseline vs calibrated (not written when
+  no held-out image has a valid pixel).
 
 Numbers are mmseg's metrics (:func:`ovearth.metrics.compute_metrics`) in percent, on the
-sampled pixels (every pixel with ``--sample-stride 1``).
+sampled pixels (every pixel with ``--sample-stride 1``). A split whose held-out images
+have no valid (scored) pixel has no held-out numbers: it is reported as ``"no valid
+pixels"`` (``status``), and a fold is left out of the gain's mean and std (``folds_used``
+says how many remain). The JSON holds no NaN: an undefined value (a class neither
+labelled nor predicted) is ``null``, as in ``eval``'s ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -85,7 +92,7 @@ def write_report(
         "objective": options.objective,
         "sample_stride": options.stride,
         "confidences_tried": result["confidences"],
-        "thresholds_tried": [result["thresholds"][0], result["thresholds"][-1], len(result["thresholds"])],
+        "thresholds_tried": threshold_rule(result["threshold_search"]),
         "protocol_classes": [",".join(names) for names in pool.protocol],
         "candidates": [",".join(names) for names in pool.classes],
         **{f"heldout_{k}": v for k, v in summary["headline"].items()},
@@ -114,61 +121,136 @@ def write_report(
         paths["heldout"] = out / "heldout.txt"
         names = result["images"]
         write_text_atomic(paths["heldout"], "".join(f"{names[i]}\n" for i in fit["heldout"]))
-    data = _json_ready(result, summary, vocabulary, settings, pool)
+    if "fixed" not in summary and "pooled" not in summary:
+        del paths["png"]  # no held-out numbers to draw
+    summary["notes"] = _notes(result, summary)
+    data = json_safe(_json_ready(result, summary, vocabulary, settings, pool))
     data["headline"] = summary["headline"]
     data["files"] = {key: str(path) for key, path in paths.items()}
-    write_text_atomic(paths["json"], json.dumps(data, indent=2) + "\n")
+    write_text_atomic(paths["json"], json.dumps(data, indent=2, allow_nan=False) + "\n")
     write_text_atomic(paths["md"], _markdown(data, protocol.title, paths, dataset))
-    write_text_atomic(paths["csv"], _csv(data))
-    _chart(paths["png"], data)
+    write_text_atomic(paths["csv"], _csv(data, labels))
+    if "png" in paths:
+        _chart(paths["png"], data)
     return data
 
 
+def threshold_rule(rule: dict[str, Any]) -> str:
+    """One line on how thresholds were searched (``result["threshold_search"]``)."""
+    if rule["rule"] == "cuts":
+        return (
+            f"cut points of the data: every distinct score of a class's pixels, at most "
+            f"{rule['max_cuts']} per pass (quantiles beyond, refined around the best)"
+        )
+    values = rule["values"]
+    return f"grid of {len(values)} values, {values[0]} to {values[-1]}"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities -> None, numpy scalars -> Python, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _summaries(splits: list[dict], labels: list[str]) -> dict[str, Any]:
-    """Metrics of the fixed split and of the folds (pooled and one by one), and the spread warning."""
-    out: dict[str, Any] = {"folds": [], "headline": {}}
+    """Metrics of the fixed split and of the folds (pooled and one by one), and the spread warning.
+
+    Splits without held-out matrices (no valid held-out pixel) are named in
+    ``no_valid_pixels``; such a fold is a row with ``status`` and no numbers, left out of
+    the pooled metrics and of the gain's mean and std (over ``folds_used`` folds).
+    """
+    out: dict[str, Any] = {"folds": [], "headline": {}, "no_valid_pixels": []}
     fixed = next((s for s in splits if s["name"] == "fixed"), None)
-    if fixed is not None:
+    if fixed is not None and "baseline" in fixed:
         out["fixed"] = {
             "baseline": compute_metrics(fixed["baseline"], labels),
             "calibrated": compute_metrics(fixed["best"]["heldout"], labels),
         }
         out["headline"]["baseline_mIoU"] = round(out["fixed"]["baseline"]["mIoU"], 4)
         out["headline"]["calibrated_mIoU"] = round(out["fixed"]["calibrated"]["mIoU"], 4)
+    elif fixed is not None:
+        out["no_valid_pixels"].append(fixed["name"])
     folds = [s for s in splits if s["name"].startswith("fold")]
-    if folds:
-        for fold in folds:
-            base = compute_metrics(fold["baseline"], labels)["mIoU"]
-            calibrated = compute_metrics(fold["best"]["heldout"], labels)["mIoU"]
-            out["folds"].append(
-                {
-                    "name": fold["name"],
-                    "images": len(fold["heldout"]),
-                    "baseline": base,
-                    "calibrated": calibrated,
-                }
-            )
-        gains = [f["calibrated"] - f["baseline"] for f in out["folds"]]
-        out["pooled"] = {
-            "baseline": compute_metrics(sum(f["baseline"] for f in folds), labels),
-            "calibrated": compute_metrics(sum(f["best"]["heldout"] for f in folds), labels),
+    scored = [fold for fold in folds if "baseline" in fold]
+    for fold in folds:
+        row: dict[str, Any] = {
+            "name": fold["name"],
+            "images": len(fold["heldout"]),
+            "pixels": fold["pixels"]["heldout"],
         }
+        if "baseline" in fold:
+            row["baseline"] = compute_metrics(fold["baseline"], labels)["mIoU"]
+            row["calibrated"] = compute_metrics(fold["best"]["heldout"], labels)["mIoU"]
+        else:
+            row["status"] = "no valid pixels"
+            out["no_valid_pixels"].append(fold["name"])
+        out["folds"].append(row)
+    if scored:
+        gains = [f["calibrated"] - f["baseline"] for f in out["folds"] if "baseline" in f]
+        out["pooled"] = {
+            "baseline": compute_metrics(sum(f["baseline"] for f in scored), labels),
+            "calibrated": compute_metrics(sum(f["best"]["heldout"] for f in scored), labels),
+        }
+        out["folds_used"] = len(scored)
         out["gain_mean"] = statistics.fmean(gains)
         out["gain_std"] = statistics.stdev(gains) if len(gains) > 1 else 0.0
         out["headline"]["kfold_gain_mean"] = round(out["gain_mean"], 4)
         out["headline"]["kfold_gain_std"] = round(out["gain_std"], 4)
+        out["headline"]["kfold_folds_used"] = len(scored)
         gain = (
             out["fixed"]["calibrated"]["mIoU"] - out["fixed"]["baseline"]["mIoU"]
-            if fixed is not None
+            if "fixed" in out
             else out["gain_mean"]
         )
         if abs(gain) <= out["gain_std"]:
             out["warning"] = (
                 f"The held-out gain ({gain:+.2f} mIoU) is within the split-to-split spread "
-                f"(std {out['gain_std']:.2f} over {len(folds)} folds): it may not hold on other images; "
+                f"(std {out['gain_std']:.2f} over {len(scored)} folds): it may not hold on other images; "
                 "label more tiles before trusting it."
             )
     return out
+
+
+def _notes(result: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Sentences on what had no valid pixels and what that changed."""
+    notes = []
+    unscored = result.get("unscored", [])
+    if unscored:
+        shown = ", ".join(unscored[:10]) + (", ..." if len(unscored) > 10 else "")
+        notes.append(
+            f"{len(unscored)} of {len(result['images'])} images {_has(len(unscored))} no valid pixel "
+            f"(every sampled label ignored or no class, or the tile smaller than the sample stride) "
+            f"and {'count' if len(unscored) > 1 else 'counts'} nowhere: {shown}."
+        )
+    fit = result["splits"][0]
+    if not fit["pixels"]["calibrate"]:
+        notes.append(
+            f"The {fit['name']} split's calibration images have no valid pixels: the YAML keeps the "
+            "protocol's names, thresholds and confidence."
+        )
+    empty = summary["no_valid_pixels"]
+    if "fixed" in empty:
+        notes.append("The fixed split's held-out images have no valid pixels: no held-out numbers for it.")
+    folds = [f for f in empty if f.startswith("fold")]
+    if folds:
+        used = summary.get("folds_used", 0)
+        notes.append(
+            f"{len(folds)} of {len(summary['folds'])} folds ({', '.join(folds)}) {_has(len(folds))} no "
+            f"valid pixels in {'their' if len(folds) > 1 else 'its'} held-out images, left out of the "
+            f"pooled numbers and of the gain's mean and std ({used} {'fold' if used == 1 else 'folds'} used)."
+        )
+    return notes
+
+
+def _has(count: int) -> str:
+    return "has" if count == 1 else "have"
 
 
 def _json_ready(result, summary, vocabulary, settings, pool) -> dict[str, Any]:
@@ -195,8 +277,11 @@ def _json_ready(result, summary, vocabulary, settings, pool) -> dict[str, Any]:
             "heldout": [result["images"][i] for i in split["heldout"]],
             "best": entry(split["best"]),
         }
+        item["pixels"] = split["pixels"]
         if "baseline" in split:
             item["baseline_matrix"] = np.asarray(split["baseline"]).tolist()
+        elif split["heldout"]:
+            item["status"] = "no valid pixels"
         splits.append(item)
     return {
         "classes": str(vocabulary),
@@ -220,10 +305,13 @@ def _markdown(data: dict, title: str, paths: dict[str, Path], dataset: Segmentat
     lines = [f"# {title}: calibration", ""]
     if "warning" in summary:
         lines += [f"> **Warning.** {summary['warning']}", ""]
+    for note in summary.get("notes", []):
+        lines += [f"> **Note.** {note}", ""]
     lines += [
-        f"Chosen on {len(fit['calibrate'])} images ({fit['name']} split), "
-        f"objective {data.get('objective', 'miou')}; confidence threshold {best['confidence']}. "
-        f"Protocol file: `{paths['yaml'].name}`.",
+        f"Chosen on {len(fit['calibrate'])} images ({fit['name']} split, "
+        f"{fit['pixels']['calibrate']} valid pixels), objective {data.get('objective', 'miou')}; "
+        f"confidence threshold {best['confidence']}. Thresholds searched on the "
+        f"{threshold_rule(data['threshold_search'])}. Protocol file: `{paths['yaml'].name}`.",
         "",
         "| class | protocol names | chosen names | threshold |",
         "|---|---|---|---|",
@@ -235,7 +323,8 @@ def _markdown(data: dict, title: str, paths: dict[str, Path], dataset: Segmentat
         base, cal = summary["fixed"]["baseline"], summary["fixed"]["calibrated"]
         lines += [
             "",
-            f"## Held-out images ({len(fit['heldout'])}, fixed split)",
+            f"## Held-out images ({len(fit['heldout'])}, {fit['pixels']['heldout']} valid pixels, "
+            "fixed split)",
             "",
             f"mIoU: protocol {_fmt(base['mIoU'])}, calibrated {_fmt(cal['mIoU'])} "
             f"({cal['mIoU'] - base['mIoU']:+.2f}).",
@@ -254,24 +343,36 @@ def _markdown(data: dict, title: str, paths: dict[str, Path], dataset: Segmentat
             f"    ovearth eval --dataset-config {paths['yaml']} --data-root {dataset.root} "
             f"--split {paths.get('heldout')} -o <folder>",
         ]
+    elif fit["name"] == "fixed":
+        lines += ["", f"## Held-out images ({len(fit['heldout'])}, fixed split)", "", "No valid pixels."]
     if summary["folds"]:
         lines += [
             "",
             f"## {len(summary['folds'])}-fold cross-validation (each fold held out in turn)",
             "",
-            "| fold | images | mIoU protocol | mIoU calibrated | gain |",
-            "|---|---|---|---|---|",
+            "| fold | images | valid pixels | mIoU protocol | mIoU calibrated | gain |",
+            "|---|---|---|---|---|---|",
         ]
         for fold in summary["folds"]:
-            gain = fold["calibrated"] - fold["baseline"]
-            cells = [fold["name"], fold["images"], _fmt(fold["baseline"]), _fmt(fold["calibrated"])]
-            lines.append("| " + " | ".join(map(str, cells)) + f" | {gain:+.2f} |")
-        pooled = summary["pooled"]
-        lines += [
-            "",
-            f"Gain: mean {summary['gain_mean']:+.2f}, std {summary['gain_std']:.2f}. Pooled over the folds: "
-            f"mIoU {_fmt(pooled['baseline']['mIoU'])} -> {_fmt(pooled['calibrated']['mIoU'])}.",
-        ]
+            cells = [fold["name"], fold["images"], fold["pixels"]]
+            if "status" in fold:
+                cells += [fold["status"], "-", "-"]
+            else:
+                gain = fold["calibrated"] - fold["baseline"]
+                cells += [_fmt(fold["baseline"]), _fmt(fold["calibrated"]), f"{gain:+.2f}"]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        used, count = summary.get("folds_used", 0), len(summary["folds"])
+        which = f"the {used} folds" if used == count else f"the {used} of {count} folds with valid pixels"
+        if "pooled" in summary:
+            pooled = summary["pooled"]
+            lines += [
+                "",
+                f"Gain over {which}: mean {summary['gain_mean']:+.2f}, std {summary['gain_std']:.2f}. "
+                f"Pooled over them: mIoU {_fmt(pooled['baseline']['mIoU'])} -> "
+                f"{_fmt(pooled['calibrated']['mIoU'])}.",
+            ]
+        else:
+            lines += ["", "No fold has valid pixels in its held-out images: no gain to report."]
     cost = data["cost"]
     lines += [
         "",
@@ -284,7 +385,7 @@ def _markdown(data: dict, title: str, paths: dict[str, Path], dataset: Segmentat
     return "\n".join(lines)
 
 
-def _csv(data: dict) -> str:
+def _csv(data: dict, labels: list[str]) -> str:
     summary = data["summary"]
     best = data["splits"][0]["best"]
     buffer = io.StringIO()
@@ -303,7 +404,7 @@ def _csv(data: dict) -> str:
     )
     fixed, pooled = summary.get("fixed"), summary.get("pooled")
     for k, names in enumerate(best["names"]):
-        label = list((fixed or pooled)["baseline"]["per_class"])[k]
+        label = labels[k]
 
         def iou(part, which, label=label):
             return "" if part is None else _fmt(part[which]["per_class"][label]["IoU"])

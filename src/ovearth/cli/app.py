@@ -35,16 +35,21 @@ app = typer.Typer(
 err = Console(stderr=True, markup=False, highlight=False)
 
 
+def labelled(label: str, style: str, message: str) -> None:
+    """Print ``<label> <message>``: the label in ``style``, the message literally (no markup)."""
+    err.print(Text.assemble((label, style), " ", message), soft_wrap=True)
+
+
 def warn(message: str) -> None:
-    """Print ``warning: <message>`` (the word in yellow, the message literally)."""
-    err.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True)
+    """Print ``warning: <message>`` (the word in yellow)."""
+    labelled("warning:", "yellow", message)
 
 
 def fail(message: str) -> None:
     """Print ``error: <message>`` (the word in bold red, the message literally, at most ~1,000 characters)."""
     if len(message) > MAX_MESSAGE:
         message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} characters more)"
-    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    labelled("error:", "bold red", message)
 
 
 #: Longest error sentence printed whole (a value quoted in it is cut where it is made).

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..calibrate.search import MAX_CUTS
 from ..constants import DEFAULT_MODEL
 from ..errors import InputError
 from .app import (
@@ -25,10 +26,12 @@ from .app import (
     err,
     given_settings,
     is_main_process,
+    labelled,
     load_on,
     progress_bar,
     protocol_from,
     setup_logging,
+    warn,
 )
 
 
@@ -78,8 +81,19 @@ def calibrate(
         typer.Option(help="Confidence thresholds tried (default 0.3,0.4,0.5,0.6,0.7 + the protocol's)."),
     ] = None,
     thresholds: Annotated[
-        str | None, typer.Option(help="Per-class thresholds tried (default 0.05:0.95:0.05 + the protocol's).")
+        str | None,
+        typer.Option(
+            help="A fixed grid of per-class thresholds, e.g. 0.05:0.95:0.05 (+ the protocol's); "
+            "default: every cut point of the data (the exact optimum on the sampled pixels)."
+        ),
     ] = None,
+    max_cuts: Annotated[
+        int,
+        typer.Option(
+            help="Without --thresholds: at most N cut points of a class scored per pass "
+            "(quantiles of its distinct scores beyond that, then refined around the best)."
+        ),
+    ] = MAX_CUTS,
     holdout: Annotated[
         float, typer.Option(help="Share of images held out (0: fit on all, report folds).")
     ] = 0.3,
@@ -121,6 +135,7 @@ def calibrate(
     options = CalibrateOptions(
         confidences=parse_grid(confidences, "--confidences"),
         thresholds=parse_grid(thresholds, "--thresholds"),
+        max_cuts=max_cuts,
         holdout=holdout,
         folds=folds,
         stride=sample_stride,
@@ -150,12 +165,16 @@ def calibrate(
                 f"held-out mIoU {headline['baseline_mIoU']:.2f} -> {headline['calibrated_mIoU']:.2f}"
             )
         if "kfold_gain_mean" in headline:
+            used = headline["kfold_folds_used"]
             parts.append(
                 f"{folds}-fold gain {headline['kfold_gain_mean']:+.2f} ± {headline['kfold_gain_std']:.2f}"
+                + (f" (over the {used} folds with valid pixels)" if used < folds else "")
             )
         err.print(
-            f"{protocol.title}: {'; '.join(parts)} -> {output}/calibration.md, "
-            f"{protocol.name}_calibrated.yaml"
+            f"{protocol.title}: {'; '.join(parts) or 'no held-out numbers (no valid pixels)'} -> "
+            f"{output}/calibration.md, {protocol.name}_calibrated.yaml"
         )
         if "warning" in result["summary"]:
-            err.print(f"[yellow]warning:[/] {result['summary']['warning']}", highlight=False)
+            warn(result["summary"]["warning"])
+        for note in result["summary"]["notes"]:
+            labelled("note:", "yellow", note)

@@ -4,17 +4,30 @@
    per image with every confidence of the grid, and its logits at the sampled pixels are
    cached (:mod:`ovearth.calibrate.cache`) under ``out/cache/<pass key>/<image key>/``.
    The pass key hashes the model, the settings that change per-name logits, the grid,
-   the stride and the label rules; adding candidates runs only the new names. Under
-   ``torchrun`` each process takes every ``world_size``-th image; rank 0 searches.
+   the stride and the label rules; each entry also records its own key
+   (:func:`entry_key`) and one that differs is recomputed; adding candidates runs only
+   the new names. An image without a *scored* pixel (a labelled one, not
+   ``ignore_index`` and a class, on the sample grid: an all-ignore tile, or a tile
+   smaller than the stride's offset ``s//2``) is not run. Under ``torchrun`` each process
+   takes every ``world_size``-th image; rank 0 searches.
 2. **Splits**: images are ordered by the SHA-256 of their names (stable when images are
    added). The *fixed split* holds out the first ``holdout`` share; the *k folds* take
    every ``k``-th image of that order.
 3. **Search** (:mod:`ovearth.calibrate.search`), for each confidence of the grid and each
    split, on the split's calibration images; per split the confidence with the best
-   calibration objective wins (ties: the protocol's, then the lower one).
+   calibration objective wins (ties: the protocol's, then the lower one). Thresholds are
+   searched on the cut points of the data (``thresholds=None``, the default) or on a
+   fixed grid.
 4. **Report** (:mod:`ovearth.calibrate.report`): baseline (the protocol) vs calibrated on
    the held-out images of the fixed split and of every fold; the protocol YAML chosen on
    the fixed split's calibration images (on all images with ``holdout = 0``).
+
+Splits without scored pixels: held-out images without one give no held-out numbers
+(the split is reported as having "no valid pixels" and a fold is left out of the gain's
+mean and std, the count said); calibration images without one leave the protocol's
+configuration (said in the report). With no scored pixel in any image, calibrate stops
+with an :class:`InputError` (exit code 1, the CLI's code for bad input) after the pass,
+which then ran no image through the model (it only cached the sampled labels).
 """
 
 from __future__ import annotations
@@ -34,7 +47,8 @@ import torch.distributed as dist
 from ..calibrate.cache import image_maps, name_key, read_entry, sampled, write_entry
 from ..calibrate.pool import CandidatePool
 from ..calibrate.report import write_report
-from ..calibrate.search import OBJECTIVES, Config, Problem, search
+from ..calibrate.search import MAX_CUTS, MIN_CUTS, OBJECTIVES, Config, Problem, SearchResult, search
+from ..data.atomic import write_text_atomic
 from ..data.datasets import Sample, SegmentationDataset
 from ..data.output import remove_stale_parts
 from ..errors import InputError
@@ -45,8 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: confidence thresholds tried by default (the protocol's own is always added)
 DEFAULT_CONFIDENCES = (0.3, 0.4, 0.5, 0.6, 0.7)
-#: per-class thresholds tried by default (the protocol's own is always added)
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 #: ``progress(stage, done, total)`` during the model pass and the search (rank 0 only).
 ProgressFn = Callable[[str, int, int], None]
@@ -58,7 +70,10 @@ class CalibrateOptions:
 
     Attributes:
         confidences: confidence thresholds tried (None: :data:`DEFAULT_CONFIDENCES`).
-        thresholds: per-class thresholds tried (None: :data:`DEFAULT_THRESHOLDS`).
+        thresholds: a fixed grid of per-class thresholds (the protocol's own added); None:
+            the cut points of the data (:func:`ovearth.calibrate.search.best_cut`).
+        max_cuts: with ``thresholds=None``, the most cut points of a class scored in one
+            pass (quantiles of its distinct logits beyond that, then refined).
         holdout: share of images held out in the fixed split (0: fit on all images).
         folds: number of folds of the k-fold report (0: none).
         stride: sample stride ``s``: one pixel in ``s x s`` is cached and scored (1: all,
@@ -71,6 +86,7 @@ class CalibrateOptions:
 
     confidences: tuple[float, ...] | None = None
     thresholds: tuple[float, ...] | None = None
+    max_cuts: int = MAX_CUTS
     holdout: float = 0.3
     folds: int = 5
     stride: int = 4
@@ -90,6 +106,8 @@ class CalibrateOptions:
             raise InputError(f"--name-batch must be >= 1, got {self.name_batch}.")
         if self.stride < 1:
             raise InputError(f"--sample-stride must be >= 1, got {self.stride}.")
+        if self.max_cuts < MIN_CUTS:
+            raise InputError(f"--max-cuts must be >= {MIN_CUTS}, got {self.max_cuts}.")
         if self.objective not in OBJECTIVES:
             raise InputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'.")
         for name, grid in (("--confidences", self.confidences), ("--thresholds", self.thresholds)):
@@ -152,6 +170,23 @@ def pass_key(
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16], identity
 
 
+def entry_key(identity: dict[str, Any], sample: Sample, entry: str) -> dict[str, Any]:
+    """What one cache entry is for: the pass's ``identity`` (see :func:`pass_key`), the image, the entry.
+
+    Args:
+        identity: the pass's model fingerprint, settings, confidence grid, stride and label rules.
+        sample: the image (its name, and :func:`image_key`: the name and its files' state).
+        entry: the prompt name, or ``"target"`` for the label entry.
+
+    """
+    return {**identity, "image": sample.name, "image_key": image_key(sample), "entry": entry}
+
+
+def scored_mask(label: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """The pixels that count (bool, same shape): a label that is not ``ignore_index`` and is a class."""
+    return (label != ignore_index) & (label < num_classes)
+
+
 def model_pass(
     segmentor: Segmentor,
     samples: list[Sample],
@@ -159,40 +194,53 @@ def model_pass(
     cache: Path,
     options: CalibrateOptions,
     confidences: tuple[float, ...],
+    identity: dict[str, Any],
+    labels: tuple[int, int],
     shard: Shard,
     progress: ProgressFn | None = None,
 ) -> tuple[int, float]:
-    """Cache every (image, name) of this shard that is not cached yet; ``(images run, seconds)``."""
+    """Cache every (image, name) of this shard that is not cached yet; ``(images run, seconds)``.
+
+    ``labels``: ``(num_classes, ignore_index)``; an image without a scored pixel gets its
+    target entry only (its maps are never read).
+    """
     mine = samples[shard.rank :: shard.world_size]
     start, computed = time.perf_counter(), 0
     for index, sample in enumerate(mine, start=1):
         folder = cache / image_key(sample)
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_parts(folder)  # entries a killed run was writing (this shard's images only)
-        target = read_entry(folder / "target.npz", ("label", "valid"))
-        missing = [n for n in names if read_entry(folder / name_key(n), ("maps", "presence")) is None]
-        if target is None or missing:
+        target = read_entry(folder / "target.npz", ("label", "valid"), entry_key(identity, sample, "target"))
+        image = None
+        if target is None:
             image = sample.load_image()
-            if target is None:
-                label = sample.load_label()
+            target = {
+                "label": np.ascontiguousarray(sampled(sample.load_label(), options.stride)),
+                "valid": np.ascontiguousarray(sampled(image.valid, options.stride)),
+            }
+            write_entry(folder / "target.npz", entry_key(identity, sample, "target"), **target)
+        missing = []
+        if scored_mask(target["label"], *labels).any():
+            missing = [
+                n
+                for n in names
+                if read_entry(folder / name_key(n), ("maps", "presence"), entry_key(identity, sample, n))
+                is None
+            ]
+        if missing:
+            if image is None:
+                image = sample.load_image()
+            found = image_maps(
+                segmentor, image.rgb, image.valid, missing, confidences, options.stride, options.name_batch
+            )
+            for name, (maps, presence) in found.items():
                 write_entry(
-                    folder / "target.npz",
-                    label=np.ascontiguousarray(sampled(label, options.stride)),
-                    valid=np.ascontiguousarray(sampled(image.valid, options.stride)),
+                    folder / name_key(name),
+                    entry_key(identity, sample, name),
+                    maps=maps,
+                    presence=np.float32(presence),
                 )
-            if missing:
-                found = image_maps(
-                    segmentor,
-                    image.rgb,
-                    image.valid,
-                    missing,
-                    confidences,
-                    options.stride,
-                    options.name_batch,
-                )
-                for name, (maps, presence) in found.items():
-                    write_entry(folder / name_key(name), maps=maps, presence=np.float32(presence))
-                computed += 1
+            computed += 1
         if progress is not None and shard.rank == 0:
             progress("model pass", index, len(mine))
     return computed, time.perf_counter() - start
@@ -207,16 +255,23 @@ class Pixels:
     image: np.ndarray  # [N] int64, the sample index of each pixel
     keep: list[np.ndarray]  # per image, the [h' * w'] bool mask of its scored pixels
 
+    def count(self, images: list[int]) -> int:
+        """How many scored pixels ``images`` hold."""
+        return int(sum(int(self.keep[i].sum()) for i in images))
 
-def load_pixels(samples: list[Sample], cache: Path, num_classes: int, ignore_index: int) -> Pixels:
+
+def load_pixels(
+    samples: list[Sample], cache: Path, num_classes: int, ignore_index: int, identity: dict[str, Any]
+) -> Pixels:
     """Targets of the cached images, without the pixels whose label is ignored (or not a class)."""
     targets, nodata, image, keep = [], [], [], []
     for i, sample in enumerate(samples):
-        entry = read_entry(cache / image_key(sample) / "target.npz", ("label", "valid"))
+        key = entry_key(identity, sample, "target")
+        entry = read_entry(cache / image_key(sample) / "target.npz", ("label", "valid"), key)
         if entry is None:
             raise InputError(f"{sample.image_path}: its cached label is missing; run calibrate again.")
         label = entry["label"].reshape(-1).astype(np.int64)
-        mask = (label != ignore_index) & (label < num_classes)
+        mask = scored_mask(label, num_classes, ignore_index)
         keep.append(mask)
         targets.append(label[mask])
         nodata.append(~entry["valid"].reshape(-1)[mask])
@@ -225,17 +280,20 @@ def load_pixels(samples: list[Sample], cache: Path, num_classes: int, ignore_ind
 
 
 def load_maps(
-    samples: list[Sample], cache: Path, names: list[str], g: int, pixels: Pixels
+    samples: list[Sample], cache: Path, names: list[str], g: int, pixels: Pixels, identity: dict[str, Any]
 ) -> tuple[np.ndarray, bool]:
     """``([P, N] float32, varies)``: every name's logits at confidence ``g`` at the scored pixels.
 
     ``varies`` is False when every entry has one plane: the confidence changes nothing.
+    Images without a scored pixel have no maps and are not read.
     """
     rows, varies = [], False
+    scored = [(sample, keep) for sample, keep in zip(samples, pixels.keep, strict=True) if keep.any()]
     for name in names:
-        parts = []
-        for sample, keep in zip(samples, pixels.keep, strict=True):
-            entry = read_entry(cache / image_key(sample) / name_key(name), ("maps", "presence"))
+        parts = [np.zeros(0, np.float32)]
+        for sample, keep in scored:
+            key = entry_key(identity, sample, name)
+            entry = read_entry(cache / image_key(sample) / name_key(name), ("maps", "presence"), key)
             if entry is None:
                 raise InputError(f"{sample.image_path}: the cached maps of '{name}' are missing; run again.")
             maps = entry["maps"]
@@ -268,7 +326,8 @@ def calibrate(
         The report's data (``calibration.json``) on rank 0; ``{}`` on other ranks.
 
     Raises:
-        InputError: bad options or data (before the model pass where possible).
+        InputError: bad options or data (before the model pass where possible), or no
+            scored pixel in any image (after the pass, which then runs no image).
 
     """
     options = options or CalibrateOptions()
@@ -285,10 +344,11 @@ def calibrate(
             f"{protocol.source}: calibrate scores labels and needs segment.bg_idx (a class index)."
         )
     confidences = tuple(sorted({*(options.confidences or DEFAULT_CONFIDENCES), s.confidence_threshold}))
-    grid = tuple(sorted({*(options.thresholds or DEFAULT_THRESHOLDS), *segmentor.thresholds}))
+    grid = None if options.thresholds is None else tuple(sorted({*options.thresholds, *segmentor.thresholds}))
     runner = Segmentor(segmentor.loaded, vocabulary, settings=s.replace(skip_absent=False, mode="fast"))
     out = Path(out_dir)
     shard = Shard.from_env(runner.stages.device)
+    labels = (len(pool.classes), protocol.ignore_index)
     try:
         samples, skipped = dataset.samples(skip_bad=options.skip_bad)
         splits = make_splits(samples, options.holdout, options.folds)
@@ -297,24 +357,35 @@ def calibrate(
         cache.mkdir(parents=True, exist_ok=True)
         if shard.rank == 0:
             remove_stale_parts(out)
-            (cache / "run.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(cache / "run.json", json.dumps(identity, indent=2, sort_keys=True) + "\n")
         if shard.world_size > 1:
             dist.barrier()
         names = pool.names
         computed, model_seconds = model_pass(
-            runner, samples, names, cache, options, confidences, shard, progress
+            runner, samples, names, cache, options, confidences, identity, labels, shard, progress
         )
         if shard.world_size > 1:
             dist.barrier()  # every image's maps are cached before rank 0 reads them
+        pixels = load_pixels(samples, cache, *labels, identity)
+        if pixels.target.size == 0:  # every rank stops alike
+            raise InputError(
+                f"None of the {len(samples)} images has a labelled pixel to score at --sample-stride "
+                f"{options.stride} (every sampled label is {protocol.ignore_index} or no class, or the "
+                f"tiles are at most {options.stride // 2} pixels across); lower --sample-stride or check "
+                "the labels."
+            )
         if shard.rank != 0:
             return {}
         start = time.perf_counter()
         result = _search_all(
-            samples, splits, cache, pool, segmentor, protocol, confidences, grid, options, progress
+            samples, splits, cache, pool, segmentor, confidences, grid, options, pixels, identity, progress
         )
         search_seconds = time.perf_counter() - start
         result.update(
             images=[sample.name for sample in samples],
+            unscored=[
+                sample.name for sample, keep in zip(samples, pixels.keep, strict=True) if not keep.any()
+            ],
             skipped=[{"image": name, "problem": problem} for name, problem in skipped],
             cost={
                 "model_pass_seconds": round(model_seconds, 3),
@@ -338,32 +409,53 @@ def _search_all(
     cache: Path,
     pool: CandidatePool,
     segmentor: Segmentor,
-    protocol,
     confidences: tuple[float, ...],
-    grid: tuple[float, ...],
+    grid: tuple[float, ...] | None,
     options: CalibrateOptions,
+    pixels: Pixels,
+    identity: dict[str, Any],
     progress: ProgressFn | None,
 ) -> dict[str, Any]:
-    """Search every split at every confidence; per split the best confidence's result."""
+    """Search every split at every confidence; per split the best confidence's result.
+
+    A split records its scored pixels (``pixels``: calibration and held-out counts); one
+    without calibration pixels keeps the protocol's configuration (no search), one
+    without held-out pixels has no held-out matrices.
+    """
     s = segmentor.settings
     num_classes = len(pool.classes)
-    pixels = load_pixels(samples, cache, num_classes, protocol.ignore_index)
     start = Config(pool.indices(pool.protocol), tuple(segmentor.thresholds))
     candidates = pool.indices(pool.classes)
     names = pool.names
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, dict[str, Any]] = {
+        split.name: {
+            "pixels": {"calibrate": pixels.count(split.calibrate), "heldout": pixels.count(split.heldout)}
+        }
+        for split in splits
+    }
     total, done = len(confidences) * len(splits), 0
     first = confidences.index(s.confidence_threshold)
     matters = True
     for g in [first, *(g for g in range(len(confidences)) if g != first)]:
         confidence = confidences[g]
-        maps, matters = load_maps(samples, cache, names, g, pixels)
+        maps, matters = load_maps(samples, cache, names, g, pixels, identity)
         if g != first and not matters:
             break  # every confidence gives the protocol's maps: the protocol's stays (the tie rule)
         problem = Problem(maps, pixels.target, pixels.nodata, pool.name_class, num_classes, s.bg_idx)
         for split in splits:
             calibration = problem.select(np.isin(pixels.image, split.calibrate))
-            result = search(calibration, start, candidates, grid, options.objective, names=names)
+            if calibration.size:
+                result = search(
+                    calibration,
+                    start,
+                    candidates,
+                    grid,
+                    options.objective,
+                    names=names,
+                    max_cuts=options.max_cuts,
+                )
+            else:  # nothing to fit on: the protocol's configuration
+                result = SearchResult(start, 0.0, 0.0, [], 0)
             entry = {
                 "confidence": confidence,
                 "config": result.config,
@@ -372,12 +464,12 @@ def _search_all(
                 "steps": result.steps,
                 "evaluations": result.evaluations,
             }
-            if split.heldout:
+            if found[split.name]["pixels"]["heldout"]:
                 heldout = problem.select(np.isin(pixels.image, split.heldout))
                 entry["heldout"] = heldout.confusion(result.config)
                 if confidence == s.confidence_threshold:
-                    found.setdefault(split.name, {})["baseline"] = heldout.confusion(start)
-            best = found.setdefault(split.name, {}).get("best")
+                    found[split.name]["baseline"] = heldout.confusion(start)
+            best = found[split.name].get("best")
             protocol_first = confidence == s.confidence_threshold
             if (
                 best is None
@@ -390,6 +482,10 @@ def _search_all(
                 progress("search", done, total)
     if progress is not None:
         progress("search", total, total)
+    if grid is None:
+        rule = {"rule": "cuts", "max_cuts": options.max_cuts}
+    else:
+        rule = {"rule": "grid", "values": list(grid)}
     return {
         "confidence_matters": matters,
         "splits": [
@@ -397,5 +493,5 @@ def _search_all(
             for split in splits
         ],
         "confidences": list(confidences),
-        "thresholds": list(grid),
+        "threshold_search": rule,
     }

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..data.atomic import atomic_path
+from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import Sample, SegmentationDataset
 from ..data.legend import ClassTable
 from ..data.output import remove_stale_parts
@@ -197,7 +197,7 @@ def evaluate(
         )
         if shard.rank == 0:
             write_metrics(out, result, f"{dataset.protocol.title}: ovearth / SegEarth-OV3")
-            (cache / "run.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(cache / "run.json", json.dumps(identity, indent=2, sort_keys=True) + "\n")
         if shard.world_size > 1:
             dist.barrier()
         return result
