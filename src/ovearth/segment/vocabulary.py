@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..constants import NODATA_LABEL
 from ..errors import InputError
@@ -73,17 +74,17 @@ class Vocabulary:
             )
         return cls(tuple(classes))
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
-        """All prompt names, class by class (``P`` names)."""
+        """All prompt names, class by class (``P`` names; computed once, do not modify)."""
         return [name for names in self.classes for name in names]
 
-    @property
+    @cached_property
     def name_class(self) -> list[int]:
         """For each prompt name, the index of its class (length ``P``)."""
         return [k for k, names in enumerate(self.classes) for _ in names]
 
-    @property
+    @cached_property
     def labels(self) -> list[str]:
         """Display name of each class (its first name)."""
         return [names[0] for names in self.classes]
