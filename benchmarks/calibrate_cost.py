@@ -66,7 +66,7 @@ def main() -> None:
         "protocol": "loveda (7 classes)",
         "names": len(pool.names),
         "tiles": f"{args.tiles} x {args.size} x {args.size}",
-        "options": "sample stride 4, holdout 0.3, 5 folds, 5 confidences, thresholds at the data's cut points",
+        "options": "sample stride 4, holdout 0.3, 5 folds, 5 confidences, thresholds: the data's cuts",
         "model": "tiny random SAM 3 (1008 input)",
         "machine": f"{platform.machine()}, {__import__('torch').get_num_threads()} threads",
         "model_pass_s": cost["model_pass_seconds"],

@@ -294,9 +294,13 @@ def png_bytes(seed: int, height: int = 40, width: int = 48) -> bytes:
     return buffer.getvalue()
 
 
+#: what the page's script sends with an upload
+RAW = {"content-type": "application/octet-stream"}
+
+
 def test_upload_is_listed_and_segmented(client, session):
     data = png_bytes(7)
-    response = client.post("/api/upload", params={"name": "../../etc/field.png"}, content=data)
+    response = client.post("/api/upload", params={"name": "../../etc/field.png"}, content=data, headers=RAW)
     assert response.status_code == 200, response.text
     entry = response.json()
     assert entry["id"].startswith("upload:") and entry["name"] == "field.png"
@@ -305,20 +309,20 @@ def test_upload_is_listed_and_segmented(client, session):
     assert entry["id"] in [i["id"] for i in client.get("/api/images").json()["images"]]
     result = ok_run(client, image=entry["id"])
     assert result["image"]["width"] == 48
-    again = client.post("/api/upload", params={"name": "other.png"}, content=data)
+    again = client.post("/api/upload", params={"name": "other.png"}, content=data, headers=RAW)
     assert again.json()["id"] == entry["id"]  # same bytes, same entry
 
 
 def test_upload_over_the_cap_is_413(client):
     big = b"\x89PNG" + bytes(250_000)
-    response = client.post("/api/upload", params={"name": "big.png"}, content=big)
+    response = client.post("/api/upload", params={"name": "big.png"}, content=big, headers=RAW)
     assert response.status_code == 413 and "limit" in one_sentence(response)
 
     def chunks():  # no Content-Length: the stream is cut at the cap
         for _ in range(30):
             yield bytes(10_000)
 
-    response = client.post("/api/upload", params={"name": "big.png"}, content=chunks())
+    response = client.post("/api/upload", params={"name": "big.png"}, content=chunks(), headers=RAW)
     assert response.status_code == 413
 
 
@@ -332,7 +336,7 @@ def test_upload_over_the_cap_is_413(client):
     ],
 )
 def test_bad_uploads(client, name, content, status):
-    response = client.post("/api/upload", params={"name": name}, content=content)
+    response = client.post("/api/upload", params={"name": name}, content=content, headers=RAW)
     assert response.status_code == status
     one_sentence(response)
 
@@ -458,7 +462,10 @@ def test_bad_json_and_missing_image(client):
     assert response.status_code == 400 and "JSON" in one_sentence(response)
     assert client.post("/api/run", json={"classes": CLASSES}).status_code == 400
     assert client.post("/api/run", json=["a"]).status_code == 400
-    assert client.post("/api/run", content=b"x" * (2**20 + 10)).status_code == 413
+    big = b"x" * (2**20 + 10)
+    assert (
+        client.post("/api/run", content=big, headers={"content-type": "application/json"}).status_code == 413
+    )
     assert client.get("/api/run").status_code == 405
 
 

@@ -180,3 +180,16 @@ def test_a_control_character_in_a_class_name_is_refused(monkeypatch, capsys, tmp
     preset.write_text('name: p\nclasses: ["water", "bad\\x1bname"]\n')  # a YAML escape: ESC
     code, err = run_cli(monkeypatch, capsys, "segment", image, "--preset", preset, "-o", tmp_path / "o")
     assert code == 1 and "U+001B" in err and not (tmp_path / "o").exists(), err
+
+
+def test_no_rich_markup_is_left_in_the_sources():
+    """Markup is off on the console: a ``[yellow]...[/]`` string would be printed as it is."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "ovearth"
+    tag = re.compile(r"\[/?(yellow|red|green|blue|bold|dim|italic)\b[^\]]*\]|\[/\]")
+    found = []
+    for path in src.rglob("*.py"):
+        lines = enumerate(path.read_text().splitlines(), 1)
+        found += [f"{path.name}:{i}" for i, line in lines if tag.search(line)]
+    assert not found, found

@@ -31,7 +31,8 @@ app = typer.Typer(
     help="Open-vocabulary segmentation of remote-sensing images with SAM 3 (SegEarth-OV3, exact and fast).",
 )
 #: stderr. Markup is off: paths, class names and messages are printed as they are (a
-#: ``[red]`` or ``[/x]`` in a file name is text); styles come from :func:`warn` / :func:`fail`.
+#: bracketed word in a file name, such as a style name, is text); styles come from
+#: :func:`labelled` (:func:`warn`, :func:`fail`).
 err = Console(stderr=True, markup=False, highlight=False)
 
 

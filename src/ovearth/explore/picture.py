@@ -21,9 +21,18 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from ..data.raster import RASTER_SUFFIXES, RasterImage, apply_stretch, check_image, read_bands, read_image
+from ..data.raster import (
+    RASTER_SUFFIXES,
+    ImageHeader,
+    RasterImage,
+    apply_stretch,
+    check_image,
+    read_bands,
+    read_image,
+)
 from ..data.scene import SceneReader
 from ..viz import MAX_OVERLAY_SIDE
+from .budget import PICTURE_FILE_BYTES, RASTER_PIXEL_BYTES
 
 
 @dataclass
@@ -57,22 +66,59 @@ class Picture:
         return self.image.valid
 
 
-def load_picture(
-    path: Path,
-    bands: tuple[int, int, int] | None = None,
-    stretch: str = "percentile",
-    max_side: int = MAX_OVERLAY_SIDE,
-) -> Picture:
-    """Read ``path`` whole, or as a quick-look when a side exceeds ``max_side``.
+def working_size(height: int, width: int, max_side: int = MAX_OVERLAY_SIDE) -> tuple[int, int, int]:
+    """``(h, w, step)`` of the working picture of a ``height x width`` file (no pixel read)."""
+    step = max(1, math.ceil(max(height, width) / max_side))
+    return math.ceil(height / step), math.ceil(width / step), step
+
+
+def decode_bytes(header: ImageHeader, max_side: int = MAX_OVERLAY_SIDE) -> int:
+    """Bytes that reading ``header``'s file as a working picture takes (an upper bound).
+
+    A PNG or JPEG is decoded whole (:data:`~.budget.PICTURE_FILE_BYTES` per pixel of the
+    file); a GeoTIFF is read at the working size (:data:`~.budget.RASTER_PIXEL_BYTES`
+    per working pixel).
+    """
+    height, width, _ = working_size(header.height, header.width, max_side)
+    if header.is_raster:
+        return RASTER_PIXEL_BYTES * height * width
+    return PICTURE_FILE_BYTES * header.height * header.width
+
+
+def picture_header(path: Path, bands: tuple[int, int, int] | None = None) -> ImageHeader:
+    """The header of ``path`` read with ``bands`` (PNG and JPEG: none, they are RGB).
 
     Raises:
         InputError: an unreadable image or a band choice it cannot satisfy.
 
     """
-    bands = bands if Path(path).suffix.lower() in RASTER_SUFFIXES else None  # PNG / JPEG are RGB
-    header = check_image(path, bands)
+    bands = bands if Path(path).suffix.lower() in RASTER_SUFFIXES else None
+    return check_image(path, bands)
+
+
+def load_picture(
+    path: Path,
+    bands: tuple[int, int, int] | None = None,
+    stretch: str = "percentile",
+    max_side: int = MAX_OVERLAY_SIDE,
+    header: ImageHeader | None = None,
+) -> Picture:
+    """Read ``path`` whole, or as a quick-look when a side exceeds ``max_side``.
+
+    Args:
+        path: the file.
+        bands: GeoTIFF bands for R, G, B (None: ``segment``'s rule).
+        stretch: 8-bit scaling of non-uint8 rasters.
+        max_side: longest side of the working picture.
+        header: :func:`picture_header` of ``path`` with ``bands``, when already read.
+
+    Raises:
+        InputError: an unreadable image or a band choice it cannot satisfy.
+
+    """
+    header = header or picture_header(path, bands)
     height, width = header.height, header.width
-    step = max(1, math.ceil(max(height, width) / max_side))
+    step = working_size(height, width, max_side)[2]
     if step == 1:
         image = read_image(path, bands=bands, stretch=stretch, header=header)
     elif header.is_raster:

@@ -10,16 +10,27 @@
 ``settings`` takes the :class:`SegmentSettings` fields a protocol file takes (see
 :data:`SETTING_FIELDS`); run options (precision, batches) come from the command line.
 Per-class thresholds of disabled classes are dropped with them.
+
+**Refiner parameters that name a file, a folder or a hub model** (:data:`RESOURCE_PARAMS`,
+e.g. ``clip:model=...``) are not the page's to choose: such a value must be the
+refiner's own default (``clip``'s ``openai/clip-vit-base-patch16``, loaded from the
+Hugging Face cache, or downloaded once, as ``segment --refine clip`` does) or one of the
+values given on the command line with ``ovearth explore --allow-model VALUE``, as text
+equal to it. Any other value is refused with one sentence that names neither the value's
+existence nor its contents, before anything is opened or loaded. Refiners given as Python
+objects (``custom.*`` specs) are refused too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from ..refine import RefinePipeline
 from ..segment.settings import SegmentSettings
 from ..segment.vocabulary import Vocabulary
 
@@ -45,6 +56,9 @@ LABEL_FIELDS = ("prob_thd", "class_prob_thd", "bg_idx")
 
 #: longest class list accepted, in characters
 MAX_CLASSES_TEXT = 20_000
+
+#: refiner parameters that name a file, a folder or a model (the page may not choose them)
+RESOURCE_PARAMS = frozenset({"model", "path", "file", "folder", "dir", "directory", "checkpoint", "weights"})
 
 
 @dataclass(frozen=True)
@@ -78,16 +92,19 @@ class RunRequest:
         return json.dumps(self.model_settings.semantic_dict(), sort_keys=True, default=str)
 
 
-def parse_run(body: Any, base: SegmentSettings) -> RunRequest:
+def parse_run(body: Any, base: SegmentSettings, allowed_models: Collection[str] = ()) -> RunRequest:
     """Check a run request and build its vocabulary and settings.
 
     Args:
         body: the decoded JSON.
         base: the command line's settings (precision and batches kept; the page's
             ``settings`` replace the other fields).
+        allowed_models: values a refiner's resource parameter may take besides its
+            default (``--allow-model``; see the module docstring).
 
     Raises:
-        InputError: anything missing, of the wrong type or out of range, in one sentence.
+        InputError: anything missing, of the wrong type or out of range, or a refiner
+            parameter naming a file or model not allowed, in one sentence.
 
     """
     if not isinstance(body, dict):
@@ -103,6 +120,7 @@ def parse_run(body: Any, base: SegmentSettings) -> RunRequest:
     vocabulary = Vocabulary(tuple(classes.classes[i] for i in enabled))
     settings = _settings(body.get("settings", {}), base, [classes.labels[i] for i in enabled], classes.labels)
     settings.check_classes(len(vocabulary))
+    check_resources(settings.refine_pipeline, allowed_models)
     return RunRequest(image=image, classes=classes, enabled=enabled, vocabulary=vocabulary, settings=settings)
 
 
@@ -149,3 +167,28 @@ def _settings(value: Any, base: SegmentSettings, enabled: list[str], every: list
         return base.replace(**{k: v for k, v in fields.items() if k in known})
     except TypeError as error:
         raise InputError(f"A setting has a bad value ({error}).") from None
+
+
+def check_resources(pipeline: RefinePipeline, allowed: Collection[str] = ()) -> None:
+    """Refuse refiner parameters that name a file or model the command line did not allow.
+
+    A parameter in :data:`RESOURCE_PARAMS` must equal its field's default or one of
+    ``allowed``. The sentence does not repeat the value, and nothing is opened.
+
+    Raises:
+        InputError: the first parameter that does not.
+
+    """
+    for refiner in pipeline.refiners:
+        for field in dataclasses.fields(refiner):
+            if field.name not in RESOURCE_PARAMS:
+                continue
+            value = getattr(refiner, field.name)
+            if value == field.default or value in allowed:
+                continue
+            offered = ", ".join(sorted({str(field.default), *allowed}))
+            raise InputError(
+                f"Refiner parameter '{refiner.name}:{field.name}' names a file or model, which the page may "
+                f"only choose from those the explorer was started with ({offered}); add others with "
+                f"ovearth explore --allow-model."
+            )

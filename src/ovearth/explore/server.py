@@ -18,12 +18,15 @@
 ``GET  /api/results/{id}/export.zip``           the files ``segment`` writes
 ==============================================  =============================================
 
-Errors are JSON ``{"error": "<one sentence>"}``: 400 bad input, 404 unknown image,
-result or file, 413 too large, 415 an unsupported upload type, 500 anything unforeseen
-(logged; the server keeps going). Blocking work runs in worker threads; the model itself
-is shared under :class:`~.session.ExploreSession`'s lock. Every response forbids loading
-anything from elsewhere (Content-Security-Policy ``'self'``), and requests must name this
-machine as their host (no DNS rebinding).
+Errors are JSON ``{"error": "<one sentence>"}``: 400 bad input (anything the server
+cannot parse: JSON, types, numbers, query parameters) or a foreign ``Host``, 403 a
+request from another origin or site, 404 unknown image, result or file, 413 too large
+(a body over its cap, or a run whose memory estimate exceeds ``--run-memory-gb``), 415 a
+body of the wrong type or an unsupported upload, 500 anything unforeseen (logged; the
+server keeps going). Blocking work runs in worker threads; the model itself is shared
+under :class:`~.session.ExploreSession`'s lock. Every response forbids loading anything
+from elsewhere (Content-Security-Policy ``'self'``); which requests are answered at all
+(Host, Origin, Sec-Fetch-Site, body types) is :mod:`.guard`'s rule.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -56,8 +58,10 @@ from ..model.stages import PROMPT_FORMS
 from ..refine.registry import list_refiners, refiner_class
 from ..segment.settings import REFINE_AT, REFINE_FOR
 from . import render
+from .budget import OverBudget
 from .catalog import NotFound
 from .export import export_zip, preset_yaml, safe_stem
+from .guard import HostRule, RequestGuard, WrongMediaType, require_media_type
 from .request import SETTING_FIELDS, parse_run
 from .session import ATTENTION_KINDS, ExploreSession, Result
 
@@ -90,14 +94,14 @@ class Unsupported(Exception):
 
 
 def create_app(
-    session: ExploreSession, allowed_hosts: list[str] | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES
+    session: ExploreSession, hosts: HostRule | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES
 ) -> Starlette:
     """The explorer's ASGI application over ``session``.
 
     Args:
-        session: the model, images and caches.
-        allowed_hosts: ``Host`` header values accepted (default: this machine's loopback
-            names); ``["*"]`` accepts any.
+        session: the model, images, caches and budgets.
+        hosts: the ``Host`` names accepted (default: a server bound to ``127.0.0.1``;
+            see :class:`~.guard.HostRule`).
         max_upload_bytes: the upload cap.
 
     """
@@ -111,17 +115,17 @@ def create_app(
         Route("/api/presets/{name}", _guarded(_preset)),
         Route("/api/run", _guarded(_run), methods=["POST"]),
         Route("/api/results/{rid}/overlay.png", _guarded(_overlay_png)),
-        Route("/api/results/{rid}/scores/{k:int}.png", _guarded(_score_png)),
+        Route("/api/results/{rid}/scores/{k}.png", _guarded(_score_png)),
         Route("/api/results/{rid}/pixel", _guarded(_pixel)),
-        Route("/api/results/{rid}/attention/{k:int}", _guarded(_attention)),
-        Route("/api/results/{rid}/attention/{k:int}/{kind}.png", _guarded(_attention_png)),
+        Route("/api/results/{rid}/attention/{k}", _guarded(_attention)),
+        Route("/api/results/{rid}/attention/{k}/{kind}.png", _guarded(_attention_png)),
         Route("/api/results/{rid}/preset.yaml", _guarded(_preset_yaml)),
         Route("/api/results/{rid}/export.zip", _guarded(_export)),
     ]
-    hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
+    hosts = hosts or HostRule.for_bind("127.0.0.1")
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        middleware=[Middleware(_SecurityHeaders), Middleware(RequestGuard, hosts=hosts)],
         exception_handlers={HTTPException: _http_error},
         lifespan=_closing(session),
     )
@@ -166,9 +170,9 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
             return _error(400, str(error))
         except NotFound as error:
             return _error(404, str(error))
-        except TooLarge as error:
+        except (TooLarge, OverBudget) as error:
             return _error(413, str(error))
-        except Unsupported as error:
+        except (Unsupported, WrongMediaType) as error:
             return _error(415, str(error))
         except Exception as error:  # the page shows it; the server keeps going
             logger.exception("%s %s failed", request.method, request.url.path)
@@ -206,8 +210,8 @@ def _session(request: Request) -> ExploreSession:
 
 async def _body(request: Request, cap: int) -> bytes:
     """The request body, refused (:class:`TooLarge`) as soon as it exceeds ``cap`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdecimal() and int(declared) > cap:
         raise TooLarge(f"The request is {int(declared)} bytes; the limit is {cap} bytes.")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -254,6 +258,8 @@ async def _config(request: Request) -> Response:
             "attention_kinds": list(ATTENTION_KINDS),
             "defaults": {name: base[name] for name in SETTING_FIELDS},
             "max_upload_bytes": request.app.state.max_upload_bytes,
+            "run_memory_bytes": session.budget.limit,
+            "allowed_models": list(session.allowed_models),
         }
     )
 
@@ -270,6 +276,7 @@ async def _image_png(request: Request) -> Response:
 
 
 async def _upload(request: Request) -> Response:
+    require_media_type(request, "application/octet-stream", "an upload's bytes")
     name = request.query_params.get("name", "")
     if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
         raise Unsupported(f"Upload '{name[:80]}': unsupported image type; use GeoTIFF, PNG or JPEG.")
@@ -298,12 +305,13 @@ async def _preset(request: Request) -> Response:
 
 async def _run(request: Request) -> Response:
     session = _session(request)
+    require_media_type(request, "application/json", "the run request")
     body = await _body(request, MAX_JSON_BYTES)
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, numbers of over 4300 digits, deep nesting
         raise InputError("The request body is not valid JSON.") from None
-    run = parse_run(data, session.base)
+    run = parse_run(data, session.base, session.allowed_models)
     result = await run_in_threadpool(session.run, run)
     return JSONResponse(result_json(result, session))
 
@@ -371,9 +379,11 @@ async def _overlay_png(request: Request) -> Response:
 
 
 def _class_index(result: Result, request: Request) -> int:
-    k = request.path_params["k"]
-    if not 0 <= k < len(result.request.vocabulary):
-        raise NotFound(f"No class {k} in this result ({len(result.request.vocabulary)} classes).")
+    """The class index in the path (parsed here: a route's int convertor fails on 5000 digits)."""
+    text, count = request.path_params["k"], len(result.request.vocabulary)
+    k = int(text) if text.isascii() and text.isdecimal() and len(text) <= 6 else -1
+    if not 0 <= k < count:
+        raise NotFound(f"No class '{text[:20]}' in this result ({count} classes: 0..{count - 1}).")
     return k
 
 

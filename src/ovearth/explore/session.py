@@ -16,13 +16,29 @@ A run goes: image -> per-name scores -> class scores -> labels (SegEarth-OV3's r
 * the decoder attention of a class, per picture, model settings and prompt.
 
 Per-name scores average the views as :meth:`Segmentor.name_logits` does (sliding windows;
-the explorer offers no zoom and no skip). The model runs under one lock: a request that
-needs it while another uses it waits its turn. The result equals
-:meth:`Segmentor.predict` on the same picture (tested).
+the explorer offers no zoom and no skip). The result equals :meth:`Segmentor.predict` on
+the same picture (tested).
+
+Memory: before a run decodes its picture or touches the model, its bytes are estimated
+from the request (:mod:`.budget`) and reserved from the run budget (``--run-memory-gb``):
+a run over it is refused (:class:`~.budget.OverBudget`, HTTP 413), and runs that do not
+fit beside the ones in progress wait. What outlives a run is kept in caches bounded by
+the cache budget (``--cache-memory-gb``): held backbone features :data:`HELD_SHARE` of
+it, per-name maps :data:`NAMES_SHARE` and results :data:`RESULTS_SHARE`, by their bytes
+(least recently used dropped first; a value larger than its share is not kept); pictures
+(at most 2048 pixels a side) and attention maps (a few ``g^2`` vectors) by count. The
+latest result is kept besides, whatever its size (the page reads its pictures next; it
+was made within the run budget).
+
+The model runs under one lock: a request that needs it while another uses it waits its
+turn. The lock covers the model's calls, summing each view's maps, and handing the
+per-name maps to the cache (so a request waiting for the same names finds them); decoding
+pictures, digests, the labels, results and pictures for the page run outside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -36,27 +52,42 @@ import torch
 from torch import Tensor
 
 from ..constants import NODATA_LABEL, UNCLASSIFIED_LABEL
+from ..data.raster import ImageHeader
 from ..errors import InputError
 from ..model.load import LoadedModel
 from ..model.preprocess import to_chw_uint8
 from ..probe.attention_report import attention_tensors
 from ..segment.fusion import finish, names_to_classes
 from ..segment.segmentor import HeldImage, Segmentor, image_digest
-from ..segment.settings import SegmentSettings
+from ..segment.settings import ACCELERATOR_PROMPT_BATCH, SegmentSettings
 from ..segment.windows import views_for
 from ..viz import palette
+from .budget import (
+    CACHE_MEMORY_BYTES,
+    RUN_MEMORY_BYTES,
+    MemoryBudget,
+    ModelDims,
+    RunPlan,
+    attention_bytes,
+    count_views,
+    picture_bytes,
+    run_bytes,
+)
 from .cache import LruCache
 from .catalog import ImageCatalog, NotFound
-from .picture import Picture, load_picture
+from .picture import Picture, decode_bytes, load_picture, picture_header, working_size
 from .request import RunRequest
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of per-name score maps kept (least recently used dropped first).
-NAME_CACHE_BYTES = 2 * 2**30
+#: Shares of the cache budget: held backbone features, per-name maps, results.
+HELD_SHARE, NAMES_SHARE, RESULTS_SHARE = 0.5, 0.375, 0.125
 
-#: Pictures, held backbone features (about 0.2 GB per 1008 view), results and attention maps kept.
-PICTURES_KEPT, HELD_KEPT, RESULTS_KEPT, ATTENTION_KEPT = 4, 4, 16, 32
+#: Pictures and attention maps kept (counts: each is small, see the module docstring).
+PICTURES_KEPT, ATTENTION_KEPT = 4, 32
+
+#: Views listed to find those already held (beyond this, every view counts as new).
+MAX_VIEWS_LISTED = 4096
 
 #: The attention aggregations shown (see :mod:`ovearth.model.attention`).
 ATTENTION_KINDS = ("queries", "scored", "presence")
@@ -117,7 +148,7 @@ class AttentionMaps:
 
 
 class ExploreSession:
-    """One model shared by every request, with the caches of the module docstring.
+    """One model shared by every request, with the caches and budgets of the module docstring.
 
     Args:
         loaded: the model (already on its device).
@@ -125,7 +156,10 @@ class ExploreSession:
         base: run options of the command line (precision, batches); the page sets the rest.
         bands: GeoTIFF bands for R, G, B (None: ``segment``'s default rule).
         stretch: 8-bit scaling of non-uint8 rasters (``segment``'s rule).
-        name_cache_bytes: budget of the per-name score cache.
+        run_memory: the run budget in bytes.
+        cache_memory: the cache budget in bytes.
+        allowed_models: refiner model values the page may name besides each refiner's
+            default (see :mod:`.request`).
 
     """
 
@@ -136,25 +170,38 @@ class ExploreSession:
         base: SegmentSettings | None = None,
         bands: tuple[int, int, int] | None = None,
         stretch: str = "percentile",
-        name_cache_bytes: int = NAME_CACHE_BYTES,
+        run_memory: int = RUN_MEMORY_BYTES,
+        cache_memory: int = CACHE_MEMORY_BYTES,
+        allowed_models: tuple[str, ...] = (),
     ) -> None:
         self.loaded = loaded
         self.catalog = catalog
         self.base = base or SegmentSettings()
         self.bands = bands
         self.stretch = stretch
+        self.allowed_models = tuple(allowed_models)
+        #: the model's dimensions, for the memory estimates
+        self.dims = ModelDims.of(loaded.model.config)
+        #: what runs in progress hold (each reserves its estimate first)
+        self.budget = MemoryBudget(run_memory)
         #: held while the model runs: one request at a time uses it, the others wait
         self.model_lock = threading.Lock()
         #: how many times the model ran (per-name stages or attention), for tests and the page
         self.model_runs = 0
         self._pictures: LruCache[Picture] = LruCache(PICTURES_KEPT)
-        self._held: LruCache[HeldImage] = LruCache(HELD_KEPT)
+        self._held: LruCache[HeldImage] = LruCache(int(cache_memory * HELD_SHARE), held_bytes)
         self._names: LruCache[tuple[Tensor, Tensor]] = LruCache(
-            name_cache_bytes, lambda item: item[0].numel() * item[0].element_size()
+            int(cache_memory * NAMES_SHARE), lambda item: item[0].numel() * item[0].element_size()
         )
-        self._results: LruCache[Result] = LruCache(RESULTS_KEPT)
+        self._results: LruCache[Result] = LruCache(int(cache_memory * RESULTS_SHARE), result_bytes)
         self._attention: LruCache[AttentionMaps] = LruCache(ATTENTION_KEPT)
+        self._latest: Result | None = None
         self._ids = count(1)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return next(self.loaded.model.parameters()).device
 
     def picture(self, image_id: str) -> Picture:
         """The working picture of a catalog image (read once per modification).
@@ -162,45 +209,70 @@ class ExploreSession:
         Raises:
             NotFound: an id the catalog does not know.
             InputError: an unreadable image.
+            OverBudget: decoding it would exceed the run budget.
 
         """
-        path = self.catalog.path(image_id)
-        try:
-            stat = path.stat()
-        except OSError:
-            raise NotFound(f"No image '{image_id}' here; pick one from the list.") from None
-        key = (str(path), stat.st_mtime_ns, stat.st_size, self.bands, self.stretch)
+        path, key = self._locate(image_id)
         picture = self._pictures.get(key)
-        if picture is None:
-            picture = load_picture(path, self.bands, self.stretch)
-            self._pictures.put(key, picture)
-        return picture
+        if picture is not None:
+            return picture
+        header = picture_header(path, self.bands)
+        height, width, _ = working_size(header.height, header.width)
+        needed = picture_bytes(decode_bytes(header), height, width)
+        what = f"Opening this {header.width} x {header.height} picture"
+        with self.budget.reserve(needed, what, instead="use a smaller picture"):
+            return self._load(path, key, header)
 
     def run(self, request: RunRequest) -> Result:
         """Segment the request's image with its enabled classes, reusing every cached stage.
 
+        The run's memory is estimated and reserved first (see the module docstring).
+
         Raises:
             NotFound: an unknown image id.
             InputError: an unreadable image, a bad refiner or threshold.
+            OverBudget: the run's estimate exceeds the run budget (nothing was done).
 
         """
         start = time.perf_counter()
-        picture = self.picture(request.image)
+        path, key = self._locate(request.image)
+        picture = self._pictures.get(key)
+        header = None if picture is not None else picture_header(path, self.bands)
+        plan, found, held = self._plan(request, picture, header)
+        with self.budget.reserve(run_bytes(self.dims, plan), _describe(plan)):
+            if picture is None:
+                picture = self._load(path, key, header)
+                found = self._cached(picture, request, request.vocabulary.names)
+            return self._run(request, picture, found, held, plan.prompt_batch, start)
+
+    def _run(
+        self,
+        request: RunRequest,
+        picture: Picture,
+        found: dict[str, tuple],
+        held: HeldImage | None,
+        prompt_batch: int,
+        start: float,
+    ) -> Result:
+        """:meth:`run` once its memory is reserved and its picture decoded."""
         vocabulary, settings = request.vocabulary, request.settings
         thresholds = settings.class_thresholds(vocabulary.labels)
         names = vocabulary.names
         height, width = picture.valid.shape
         computed: tuple[str, ...] = ()
         if picture.valid.any():
-            found = self._cached(picture, request, names)
             missing = [name for name in names if name not in found]
             if missing:
+                if held is None:
+                    held = self._held_for(picture, request.model_settings)
+                view = to_chw_uint8(picture.rgb)
                 with self.model_lock:  # a second request waits here for the first one
-                    found = self._cached(picture, request, names)
+                    found |= self._cached(picture, request, missing)
                     missing = [name for name in names if name not in found]
                     if missing:
-                        found |= self._compute(picture, request, missing)
+                        found |= self._compute(picture, view, request, missing, held, prompt_batch)
                         computed = tuple(missing)
+                self._held.put(self._held_key(picture, request.model_settings), held)  # its new size
             name_logits = torch.stack([found[name][0] for name in names])
             name_presence = torch.stack([found[name][1] for name in names])
         else:  # like predict: no valid pixel, no model
@@ -224,7 +296,69 @@ class ExploreSession:
             seconds=time.perf_counter() - start,
         )
         self._results.put(result.id, result)
+        self._latest = result  # kept even when larger than the results' share: the page reads it next
         return result
+
+    def plan(self, request: RunRequest) -> RunPlan:
+        """What :meth:`run` would do for ``request`` now (for its memory estimate; nothing is run).
+
+        Raises:
+            NotFound: an unknown image id.
+            InputError: an unreadable image header.
+
+        """
+        path, key = self._locate(request.image)
+        picture = self._pictures.get(key)
+        header = None if picture is not None else picture_header(path, self.bands)
+        return self._plan(request, picture, header)[0]
+
+    def _plan(
+        self, request: RunRequest, picture: Picture | None, header: ImageHeader | None
+    ) -> tuple[RunPlan, dict[str, tuple], HeldImage | None]:
+        """The run's plan, the cached names it will use (kept alive) and the held features.
+
+        Without a decoded picture (``header`` given), nothing is known to be cached: every
+        name and view counts as computed.
+        """
+        settings, vocabulary = request.model_settings, request.vocabulary
+        names = vocabulary.names
+        found: dict[str, tuple] = {}
+        held = None
+        if picture is not None:
+            height, width = picture.valid.shape
+            found = self._cached(picture, request, names)
+            held = self._held.get(self._held_key(picture, settings))
+            runs_model = bool(picture.valid.any())
+            picture_bytes = 0
+        else:
+            height, width, _ = working_size(header.height, header.width)
+            runs_model = True
+            picture_bytes = decode_bytes(header)
+        computed = sum(name not in found for name in names) if runs_model else 0
+        views, view_pixels = count_views(height, width, settings.slide_crop, settings.slide_stride)
+        if computed == 0:
+            views = 0
+        elif held is not None and views <= MAX_VIEWS_LISTED:
+            windows = views_for(height, width, settings.slide_crop, settings.slide_stride)
+            views = sum((w.y1, w.y2, w.x1, w.x2) not in held.views for w in windows)
+        accelerator = self.device.type != "cpu"
+        batch = settings.prompt_batch or (ACCELERATOR_PROMPT_BATCH if accelerator else 1)
+        plan = RunPlan(
+            height=height,
+            width=width,
+            view_pixels=view_pixels,
+            views=views,
+            names=len(names),
+            computed=computed,
+            classes=len(vocabulary),
+            prompt_batch=max(1, min(batch, computed)),
+            view_batch=1,  # the explorer sends its views one at a time
+            batched_instances=accelerator,
+            picture_bytes=picture_bytes,
+        )
+        while plan.prompt_batch > 1 and run_bytes(self.dims, plan) > self.budget.limit:
+            plan = dataclasses.replace(plan, prompt_batch=plan.prompt_batch // 2)  # same results, less memory
+        return plan, found, held
 
     def result(self, result_id: str) -> Result:
         """A kept result.
@@ -234,8 +368,10 @@ class ExploreSession:
 
         """
         result = self._results.get(result_id)
+        if result is None and self._latest is not None and self._latest.id == result_id:
+            result = self._latest
         if result is None:
-            raise NotFound(f"No result '{result_id}' (results are kept for the last {RESULTS_KEPT} runs).")
+            raise NotFound(f"No result '{result_id[:40]}' (it is not kept any more: run again).")
         return result
 
     def pixel(self, result: Result, x: int, y: int) -> dict:
@@ -267,6 +403,7 @@ class ExploreSession:
 
         Raises:
             InputError: ``k`` is not an enabled class index.
+            OverBudget: its estimate exceeds the run budget.
 
         """
         vocabulary = result.request.vocabulary
@@ -277,10 +414,13 @@ class ExploreSession:
         maps = self._attention.get(key)
         if maps is not None:
             return maps
-        with self.model_lock:
-            segmentor = Segmentor(self.loaded, [[prompt]], settings=result.request.model_settings)
-            arrays = attention_tensors(segmentor, result.picture.rgb)
-            self.model_runs += 1
+        height, width = result.labels.shape
+        needed = attention_bytes(self.dims, height, width)
+        with self.budget.reserve(needed, f"The attention of '{prompt[:40]}' on this picture", instead=""):
+            with self.model_lock:
+                segmentor = Segmentor(self.loaded, [[prompt]], settings=result.request.model_settings)
+                arrays = attention_tensors(segmentor, result.picture.rgb)
+                self.model_runs += 1
         threshold = result.request.settings.confidence_threshold
         maps = AttentionMaps(
             prompt=prompt,
@@ -296,6 +436,28 @@ class ExploreSession:
         """Remove the uploads."""
         self.catalog.close()
 
+    def _locate(self, image_id: str) -> tuple[Path, tuple]:
+        """The file of a catalog image and its picture-cache key (file, modification, size, reading).
+
+        Raises:
+            NotFound: an id the catalog does not know, or a file gone since.
+
+        """
+        path = self.catalog.path(image_id)
+        try:
+            stat = path.stat()
+        except OSError:
+            raise NotFound(f"No image '{image_id}' here; pick one from the list.") from None
+        return path, (str(path), stat.st_mtime_ns, stat.st_size, self.bands, self.stretch)
+
+    def _load(self, path: Path, key: tuple, header: ImageHeader | None) -> Picture:
+        """Decode a picture (its memory is reserved by the caller) and keep it."""
+        picture = self._pictures.get(key)
+        if picture is None:
+            picture = load_picture(path, self.bands, self.stretch, header=header)
+            self._pictures.put(key, picture)
+        return picture
+
     def _cached(self, picture: Picture, request: RunRequest, names: list[str]) -> dict[str, tuple]:
         """The names whose scores are cached for this picture and model settings."""
         found = {}
@@ -305,26 +467,40 @@ class ExploreSession:
                 found[name] = item
         return found
 
+    @staticmethod
+    def _held_key(picture: Picture, settings: SegmentSettings) -> tuple:
+        """What the backbone's output depends on: the picture, the prompt form and the precision."""
+        return (picture.key, settings.prompt_form, settings.precision, settings.compile)
+
     def _held_for(self, picture: Picture, settings: SegmentSettings) -> HeldImage:
         """The backbone features kept for ``picture`` under ``settings``' prompt form and precision."""
-        key = (picture.key, settings.prompt_form, settings.precision, settings.compile)
+        key = self._held_key(picture, settings)
         held = self._held.get(key)
         if held is None:
             held = HeldImage(key=image_digest(to_chw_uint8(picture.rgb)))
             self._held.put(key, held)
         return held
 
-    def _compute(self, picture: Picture, request: RunRequest, names: list[str]) -> dict[str, tuple]:
+    def _compute(
+        self,
+        picture: Picture,
+        view: Tensor,
+        request: RunRequest,
+        names: list[str],
+        held: HeldImage,
+        prompt_batch: int,
+    ) -> dict[str, tuple]:
         """Run the per-name stages of ``names`` (the model lock is held) and cache them.
 
         The views' logits are averaged as :meth:`Segmentor.name_logits` averages them,
-        each view's backbone features taken from (or added to) the held ones.
+        each view's backbone features taken from (or added to) ``held``; ``prompt_batch``
+        names at a time (the plan's, which fits the budget; results do not depend on it).
+        Each name's map is its own CPU tensor, so dropping it from the cache frees it.
         """
         logger.info("%s: running %d name(s): %s", Path(picture.path).name, len(names), ", ".join(names))
-        settings = request.model_settings
+        settings = request.model_settings.replace(prompt_batch=prompt_batch)
         segmentor = Segmentor(self.loaded, [[name] for name in names], settings=settings)
-        held = self._held_for(picture, settings)
-        view = to_chw_uint8(picture.rgb).to(segmentor.stages.device)
+        view = view.to(segmentor.stages.device)
         height, width = view.shape[-2:]
         total = torch.zeros(len(names), height, width, device=view.device)
         count = torch.zeros(height, width, device=view.device)
@@ -336,11 +512,37 @@ class ExploreSession:
                 total[:, w.y1 : w.y2, w.x1 : w.x2] += logits
                 count[w.y1 : w.y2, w.x1 : w.x2] += 1
                 torch.maximum(presence, found, out=presence)
-            logits = total / count
+                del logits, found
+            total /= count
         self.model_runs += 1
         out = {}
         for i, name in enumerate(names):
-            item = (logits[i].float().cpu(), presence[i].float().cpu())
+            item = (total[i].to("cpu", copy=True), presence[i].to("cpu", copy=True))
             self._names.put((picture.key, request.model_key, name), item)
             out[name] = item
         return out
+
+
+def held_bytes(held: HeldImage) -> int:
+    """Bytes of the backbone features a :class:`HeldImage` keeps."""
+    total = 0
+    for features in held.views.values():
+        tensors = [*features.levels, *features.pos]
+        if features.prompt_token is not None:
+            tensors.append(features.prompt_token)
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def result_bytes(result: Result) -> int:
+    """Bytes a :class:`Result` keeps besides its picture (class scores and labels)."""
+    return result.class_logits.numel() * result.class_logits.element_size() + result.labels.nbytes
+
+
+def _describe(plan: RunPlan) -> str:
+    """The start of a refusal's sentence: what the run would do."""
+    views = f"{plan.views} new view{'s' * (plan.views != 1)}, " if plan.views else ""
+    return (
+        f"This run ({views}{plan.computed} of {plan.names} name{'s' * (plan.names != 1)} through the "
+        f"model on a {plan.width} x {plan.height} picture)"
+    )

@@ -275,7 +275,10 @@ async function upload() {
     return;
   }
   try {
-    const data = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+    // raw bytes, typed so that only this page (never a foreign one, without a CORS preflight) can send them
+    const data = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, {
+      method: "POST", headers: { "content-type": "application/octet-stream" }, body: file,
+    });
     showError("");
     await loadImages(data.id);
   } catch (error) {
