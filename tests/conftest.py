@@ -14,6 +14,11 @@ from ovearth.model.testing import save_tiny_model
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N processes share the cores, one thread each
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def digest_store(tmp_path_factory) -> Path:
@@ -61,3 +66,9 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     except SystemExit as done:
         code = done.code or 0
     return code, capsys.readouterr().err
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The peer tests first: under ``pytest -n 2 --dist loadgroup`` their worker (minutes of a
+    full-size model) starts at once while the other takes the rest."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("peer") else 1)

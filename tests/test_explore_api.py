@@ -28,6 +28,7 @@ from ovearth.explore.session import ExploreSession
 from ovearth.model.stages import Sam3Stages
 from ovearth.run.files import FileOptions, segment_file
 from ovearth.segment.fusion import labels_from_logits
+from ovearth.segment.views import ViewEngine
 from tests.conftest import make_image, run_cli
 
 SECRET = b"TOPSECRET-explore"
@@ -470,20 +471,20 @@ def test_bad_json_and_missing_image(client):
 
 
 def test_an_error_is_shown_and_the_server_goes_on(client, monkeypatch):
-    original = Segmentor.crop_logits
+    original = ViewEngine.run
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(Segmentor, "crop_logits", broken)
+    monkeypatch.setattr(ViewEngine, "run", broken)
     response = run(client)
     assert response.status_code == 500 and one_sentence(response) == "Unexpected RuntimeError: boom."
-    monkeypatch.setattr(Segmentor, "crop_logits", original)
+    monkeypatch.setattr(ViewEngine, "run", original)
     assert run(client).status_code == 200
 
 
 def test_a_second_request_waits_for_the_model(client, monkeypatch):
-    original = Segmentor.crop_logits
+    original = ViewEngine.run
     active, most = [0], [0]
     lock = threading.Lock()
 
@@ -498,7 +499,7 @@ def test_a_second_request_waits_for_the_model(client, monkeypatch):
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(Segmentor, "crop_logits", slow)
+    monkeypatch.setattr(ViewEngine, "run", slow)
     answers: list = [None, None]
 
     def request(i: int, classes: list[str]) -> None:

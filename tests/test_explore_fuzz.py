@@ -237,3 +237,11 @@ def test_odd_header_bytes(client, header):
     status, answer = raw_post(client.app, "/api/run", headers, json.dumps(GOOD).encode())
     assert 400 <= status < 500 and json.loads(answer)["error"].endswith(".")
     alive(client)
+
+
+def test_a_class_name_with_a_control_character_is_a_400(client):
+    for classes in (["road\x07", "tree"], ["ro\x1bad;tree"], "road;lane\x00"):
+        response = client.post("/api/run", json={**GOOD, "classes": classes})
+        answered(response, 400)
+        assert response.status_code == 400 and "control character U+00" in response.json()["error"]
+    alive(client)

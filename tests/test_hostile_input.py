@@ -125,8 +125,8 @@ def test_a_long_value_is_cut_in_the_sentence(tmp_path):
             {"OVEARTH_PROGRESS_SECONDS": "abc"},
             "error: the environment variable OVEARTH_PROGRESS_SECONDS='abc'",
         ),
-        ({"OVEARTH_PROGRESS_SECONDS": "nan"}, "must be a number of seconds > 0."),
-        ({"OVEARTH_PROGRESS_SECONDS": "-5"}, "must be a number of seconds > 0."),
+        ({"OVEARTH_PROGRESS_SECONDS": "nan"}, "must be a number of seconds >= 0."),
+        ({"OVEARTH_PROGRESS_SECONDS": "-5"}, "must be a number of seconds >= 0."),
     ],
 )
 def test_bad_environment_values_are_one_sentence(monkeypatch, capsys, tmp_path, env, sentence):

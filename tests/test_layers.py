@@ -96,3 +96,23 @@ def test_light_imports_load_neither_torch_nor_transformers():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "HEAVY [] []", done.stdout[-500:]
+
+
+def test_the_view_loop_is_only_in_accumulate():
+    """``ViewEngine.run`` is called by ``segment/accumulate.py`` alone: one view loop (issue 23)."""
+    calls = []
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).as_posix() == "segment/accumulate.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "run"
+                and isinstance(node.func.value, ast.Attribute | ast.Name)
+                and getattr(node.func.value, "attr", getattr(node.func.value, "id", "")) == "engine"
+            ):
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not calls, calls
+    segment = SRC / "segment"
+    assert all(len(p.read_text().splitlines()) <= 400 for p in segment.glob("*.py"))

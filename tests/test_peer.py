@@ -42,6 +42,7 @@ TIGHT = dict(rtol=0, atol=1e-4)
 
 pytestmark = [
     pytest.mark.peer,
+    pytest.mark.xdist_group("peer"),  # one worker builds the full-size model once (--dist loadgroup)
     pytest.mark.skipif(not PEER.is_dir(), reason=f"peer fixture not found at {PEER}"),
 ]
 

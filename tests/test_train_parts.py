@@ -282,7 +282,8 @@ def test_training_forward_is_the_inference_forward(tiny_dir, monkeypatch, prompt
     step(preprocess(image, 336)[None], torch.zeros(48, 56, dtype=torch.long))
     trained = {k: seen[k] for k in ("decoded", "semantic")}
     seg = Segmentor(loaded, VOCAB, prompt_form=prompt_form, use_instances=False, use_presence=False)
-    ((logits, presence),) = seg.crop_logits([image])  # logits = sigmoid(resize(semantic logits))
+    (output,) = seg.engine.run([image])  # logits = sigmoid(resize(semantic logits))
+    logits, presence = output.logits, output.presence
     close = dict(rtol=0, atol=1e-6)
     torch.testing.assert_close(trained["decoded"].presence_logits.detach().sigmoid(), presence, **close)
     torch.testing.assert_close(semantic_probs(trained["semantic"].detach(), (48, 56)), logits, **close)

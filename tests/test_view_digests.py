@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.data.view_digests import CASES, environment, run_cases
 
@@ -17,8 +18,17 @@ def test_cases_are_the_recorded_ones():
     assert sorted(GOLDEN["cases"]) == sorted([*CASES, "confidences"])
 
 
+@pytest.fixture
+def recorded_threads():
+    """The recorded thread count (sums are split by thread, so the last bits depend on it)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(GOLDEN["environment"]["threads"])
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.mark.slow
-def test_view_outputs_equal_the_recorded_digests(tiny_dir):
+def test_view_outputs_equal_the_recorded_digests(tiny_dir, recorded_threads):
     if environment() != GOLDEN["environment"]:
         pytest.skip(f"digests were computed with {GOLDEN['environment']}; this machine is {environment()}")
     got = run_cases(tiny_dir)

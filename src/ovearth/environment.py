@@ -4,7 +4,7 @@
 ``WORLD_SIZE``, ``RANK``,       set by ``torchrun``: integers, ``0 <= RANK < WORLD_SIZE``;
 ``LOCAL_RANK``                  ``WORLD_SIZE > 1`` also needs ``MASTER_ADDR`` and
                                 ``MASTER_PORT`` (the rendezvous ``torchrun`` sets up)
-``OVEARTH_PROGRESS_SECONDS``    period of the plain progress lines: a number > 0 (default 30)
+``OVEARTH_PROGRESS_SECONDS``    period of the plain progress lines: a number >= 0 (default 30)
 ``OVEARTH_CACHE``               the cache folder (``model/fingerprint.py``)
 ==============================  ==============================================================
 """
@@ -33,10 +33,10 @@ def _integer(name: str, default: int, minimum: int) -> int:
 
 
 def progress_seconds() -> float:
-    """``$OVEARTH_PROGRESS_SECONDS`` (default 30): a finite number > 0.
+    """``$OVEARTH_PROGRESS_SECONDS`` (default 30): a finite number >= 0 (0: a line at every update).
 
     Raises:
-        InputError: not a number, or not > 0.
+        InputError: not a number, or negative.
 
     """
     raw = os.environ.get("OVEARTH_PROGRESS_SECONDS", "").strip()
@@ -46,10 +46,10 @@ def progress_seconds() -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    if not (math.isfinite(value) and value >= 0):
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise InputError(
-            f"the environment variable OVEARTH_PROGRESS_SECONDS={shown!r} must be a number of seconds > 0."
+            f"the environment variable OVEARTH_PROGRESS_SECONDS={shown!r} must be a number of seconds >= 0."
         )
     return value
 

@@ -101,9 +101,13 @@ def run_cases(model_dir: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def environment() -> dict[str, str]:
-    """What float results depend on: the torch build and the CPU kernels it picks."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+def environment() -> dict[str, str | int]:
+    """What float results depend on: the torch build, the CPU kernels it picks and its threads."""
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:

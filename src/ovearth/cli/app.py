@@ -33,7 +33,8 @@ app = typer.Typer(
 #: stderr. Markup is off: paths, class names and messages are printed as they are (a
 #: bracketed word in a file name, such as a style name, is text); styles come from
 #: :func:`labelled` (:func:`warn`, :func:`fail`).
-err = Console(stderr=True, markup=False, highlight=False)
+#: Long lines are not wrapped (soft_wrap): a path in a log stays on one line.
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def labelled(label: str, style: str, message: str) -> None:

@@ -6,7 +6,7 @@ A run goes: image -> per-name scores -> class scores -> labels (SegEarth-OV3's r
 * the working picture, per file and modification time (:mod:`.picture`);
 * the picture's backbone features (a :class:`HeldImage`, one per picture, prompt form
   and precision: what the backbone's output depends on), passed to
-  :meth:`Segmentor.crop_logits` with each view's window as its key, so a refiner, a
+  :func:`~ovearth.segment.accumulate.run_windows` with each view's window as its key, so a refiner, a
   term or ``confidence_threshold`` changed does not run the backbone again;
 * the ``[H, W]`` scores and the presence of every prompt name, per picture and *model
   settings* (every setting except the label-only ``prob_thd``, ``class_prob_thd`` and
@@ -57,10 +57,12 @@ from ..errors import InputError
 from ..model.load import LoadedModel
 from ..model.preprocess import to_chw_uint8
 from ..probe.attention_report import attention_tensors
+from ..segment.accumulate import ImageSum, run_windows
 from ..segment.fusion import finish, names_to_classes
-from ..segment.segmentor import HeldImage, Segmentor, image_digest
+from ..segment.segmentor import Segmentor
 from ..segment.settings import ACCELERATOR_PROMPT_BATCH, SegmentSettings
-from ..segment.windows import views_for
+from ..segment.views import HeldImage, image_digest
+from ..segment.windows import Window, views_for
 from ..viz import palette
 from .budget import (
     CACHE_MEMORY_BYTES,
@@ -498,22 +500,20 @@ class ExploreSession:
         Each name's map is its own CPU tensor, so dropping it from the cache frees it.
         """
         logger.info("%s: running %d name(s): %s", Path(picture.path).name, len(names), ", ".join(names))
-        settings = request.model_settings.replace(prompt_batch=prompt_batch)
+        # one view at a time: the run's memory budget counts one view's working memory
+        settings = request.model_settings.replace(prompt_batch=prompt_batch, view_batch=1)
         segmentor = Segmentor(self.loaded, [[name] for name in names], settings=settings)
         view = view.to(segmentor.stages.device)
         height, width = view.shape[-2:]
-        total = torch.zeros(len(names), height, width, device=view.device)
-        count = torch.zeros(height, width, device=view.device)
-        presence = torch.zeros(len(names), device=view.device)
+        windows = views_for(height, width, settings.slide_crop, settings.slide_stride)
+
+        def read(window: Window) -> Tensor:
+            return view[:, window.y1 : window.y2, window.x1 : window.x2]
+
         with torch.inference_mode():
-            for w in views_for(height, width, settings.slide_crop, settings.slide_stride):
-                crop = view[:, w.y1 : w.y2, w.x1 : w.x2]
-                [(logits, found)] = segmentor.crop_logits([crop], keys=[(w.y1, w.y2, w.x1, w.x2)], held=held)
-                total[:, w.y1 : w.y2, w.x1 : w.x2] += logits
-                count[w.y1 : w.y2, w.x1 : w.x2] += 1
-                torch.maximum(presence, found, out=presence)
-                del logits, found
-            total /= count
+            sums = ImageSum((), len(names), height, width, view.device, found=False)
+            run_windows(segmentor.engine, windows, read, sums.add, held=held)
+            total, presence = sums.mean(), sums.presence
         self.model_runs += 1
         out = {}
         for i, name in enumerate(names):

@@ -299,23 +299,6 @@ class Segmentor:
             return False
         return tiles_without_overlap(windows, height, width)
 
-    def crop_logits(
-        self,
-        crops: list[Tensor],
-        skip: bool = False,
-        keys: list[tuple] | None = None,
-        held: HeldImage | None = None,
-        sinks: list[list[Instance]] | None = None,
-        confidences: Sequence[float] | None = None,
-    ) -> list[tuple[Tensor, Tensor]]:
-        """``[(logits, presence)]`` of views (:meth:`ViewEngine.run`); instances added to ``sinks``."""
-        outputs = self.engine.run(
-            crops, skip=skip, keys=keys, held=held, instances=sinks is not None, confidences=confidences
-        )
-        for sink, output in zip(sinks or [], outputs, strict=False):
-            sink.extend(output.instances)
-        return [(output.logits, output.presence) for output in outputs]
-
 
 def _spec(pipeline: RefinePipeline) -> str:
     """Canonical spec; plain callables are named ``custom.<qualified name>``."""
