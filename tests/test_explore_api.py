@@ -8,7 +8,6 @@ import threading
 import time
 import zipfile
 
-import anyio
 import numpy as np
 import pytest
 import rasterio
@@ -29,6 +28,7 @@ from ovearth.model.stages import Sam3Stages
 from ovearth.run.files import FileOptions, segment_file
 from ovearth.segment.fusion import labels_from_logits
 from ovearth.segment.views import ViewEngine
+from tests.asgi_raw import raw_request
 from tests.conftest import make_image, run_cli
 
 SECRET = b"TOPSECRET-explore"
@@ -173,35 +173,7 @@ def test_large_geotiff_is_a_quicklook_with_the_scenes_stretch(tree):
 
 def raw_get(app, path: str, query: bytes = b"") -> tuple[int, bytes]:
     """GET with the path exactly as given (an HTTP client would remove '..' itself)."""
-    sent: list[dict] = []
-
-    async def call() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query,
-            "root_path": "",
-            "headers": [(b"host", b"127.0.0.1")],
-            "client": ("127.0.0.1", 5000),
-            "server": ("127.0.0.1", 80),
-        }
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-
-    anyio.run(call)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return raw_request(app, "GET", path, query)
 
 
 TRAVERSAL_IDS = [

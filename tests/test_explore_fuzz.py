@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import pytest
 from PIL import Image
 from starlette.testclient import TestClient
@@ -18,6 +17,7 @@ from ovearth.explore.catalog import ImageCatalog
 from ovearth.explore.request import SETTING_FIELDS
 from ovearth.explore.server import create_app
 from ovearth.explore.session import ExploreSession
+from tests.asgi_raw import raw_request
 from tests.conftest import make_image
 
 JSON = {"content-type": "application/json"}
@@ -181,40 +181,7 @@ def test_odd_upload_names(client):
 
 def raw_post(app, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
     """POST with headers exactly as given (an HTTP client would rewrite Content-Length)."""
-    sent: list[dict] = []
-
-    async def call() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"127.0.0.1"), *headers],
-            "client": ("127.0.0.1", 5000),
-            "server": ("127.0.0.1", 80),
-        }
-        delivered = False
-
-        async def receive() -> dict:
-            nonlocal delivered
-            if delivered:
-                await anyio.sleep_forever()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-
-    anyio.run(call)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return raw_request(app, "POST", path, headers=headers, body=body)
 
 
 @pytest.mark.parametrize("length", [b"\xb2", "\u0663".encode(), b"-5", b"abc", b"1e3", b" 12 "])
