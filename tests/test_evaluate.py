@@ -113,16 +113,21 @@ def cli_eval(tiny_dir, root, out, *extra):
     ]
 
 
+def finished(out: Path) -> list[Path]:
+    """Cache entries written whole (a kill can leave a ``.<name>.<random>.part.npz`` being written)."""
+    return [p for p in out.glob("cache/*/*.npz") if not p.name.startswith(".")]
+
+
 def test_killed_run_resumes_to_identical_metrics(tiny, tiny_dir, tmp_path):
     root = make_dataset(PROTOCOL, tmp_path / "data", num_images=40, size=(40, 48), seed=3)
     out = tmp_path / "out"
     process = subprocess.Popen(cli_eval(tiny_dir, root, out), stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300  # generous: a loaded machine starts python slowly
-    while time.time() < deadline and len(list(out.glob("cache/*/*.npz"))) < 3:
+    while time.time() < deadline and len(finished(out)) < 3:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = len(list(out.glob("cache/*/*.npz")))
+    done_before = len(finished(out))
     assert 3 <= done_before < 40, "the run must be killed mid-way"
     assert not (out / "metrics.json").exists()
     subprocess.run(cli_eval(tiny_dir, root, out), check=True, stderr=subprocess.DEVNULL, timeout=300, env=ENV)
