@@ -98,6 +98,7 @@ def test_cli_precision_and_view_batch_reach_the_settings(monkeypatch, capsys, ti
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_compiled_backbone_equals_eager(tiny):
     """torch.compile (inductor, needs a C compiler) changes nothing beyond float rounding."""
     image = make_image(14, 120, 140)

@@ -240,6 +240,7 @@ def test_one_image_is_not_enough(tiny, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):
     root = make_dataset("loveda", tmp_path, num_images=4, size=(32, 40))
     base = [

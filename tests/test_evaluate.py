@@ -118,6 +118,7 @@ def finished(out: Path) -> list[Path]:
     return [p for p in out.glob("cache/*/*.npz") if not p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_metrics(tiny, tiny_dir, tmp_path):
     root = make_dataset(PROTOCOL, tmp_path / "data", num_images=40, size=(40, 48), seed=3)
     out = tmp_path / "out"
@@ -143,6 +144,7 @@ def test_killed_run_resumes_to_identical_metrics(tiny, tiny_dir, tmp_path):
     same_metrics(resumed, uninterrupted)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tiny_dir, data_root, tmp_path):
     command = cli_eval(tiny_dir, data_root, tmp_path / "two")
     command[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ovearth"]

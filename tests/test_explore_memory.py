@@ -178,6 +178,7 @@ def pictures(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_estimate_bounds_what_a_run_allocates(tiny_dir, pictures):
     """Peak resident growth of each run (its picture, held features, maps, model) <= its estimate."""
     code, cases, output = run_child("measure", tiny_dir, pictures)

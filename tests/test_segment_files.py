@@ -94,6 +94,7 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys,
     assert lines[1].startswith("segment: 2/3 (67 %)") and lines[-1].startswith("segment: done, 3 in ")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_write_the_same_bytes_as_one(tiny_dir, folder, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     base = [

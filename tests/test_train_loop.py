@@ -45,6 +45,7 @@ def _run(tiny_dir, root, out, stop_after=None, restart=False, **settings):
     return loaded, train(loaded, dataset, out, run, segment=SEGMENT, restart=restart, progress=progress)
 
 
+@pytest.mark.slow
 def test_combined_loss_decreases_over_50_steps(tiny_dir, data_root, tmp_path):
     settings = dict(trainable="fusion", steps=50, batch=2, lr=1e-3, warmup=0, save_every=50)
     loaded, summary = _run(tiny_dir, data_root, tmp_path, **settings)
