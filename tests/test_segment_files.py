@@ -147,3 +147,26 @@ def test_each_header_is_opened_once_before_its_pixels(monkeypatch, capsys, tiny_
     code, err = segment(monkeypatch, capsys, tiny_dir, samples / "RGB.byte.tif", tmp_path / "out")
     assert code == 0, err
     assert opened.count("RGB.byte.tif") == 2  # the header check, then the pixel read
+
+
+def test_the_window_decision_is_made_once_per_file(monkeypatch, capsys, tiny_dir, folder, tmp_path):
+    """A FilePlan per input: the memory is read and the class table built once, not again in segment_file."""
+    import ovearth.run.files as files
+
+    reads, tables = [], []
+    real_memory, real_build = files.available_memory, files.ClassTable.build
+
+    def memory():
+        reads.append(1)
+        return real_memory()
+
+    def build(*args, **kwargs):
+        tables.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(files, "available_memory", memory)
+    monkeypatch.setattr(files.ClassTable, "build", build)
+    code, err = segment(monkeypatch, capsys, tiny_dir, folder, tmp_path / "out")
+    assert code == 0, err
+    count = len(json.loads((tmp_path / "out" / "run.json").read_text())["images"])
+    assert count == 3 and len(reads) == count and len(tables) == count

@@ -254,6 +254,37 @@ def use_windows(
     return large and can_window
 
 
+@dataclass(frozen=True)
+class FilePlan:
+    """What is decided once for one input, before it is read.
+
+    Attributes:
+        windowed: read by windows (:func:`use_windows`: as asked, else by size and memory).
+        table: class names and colours of the outputs (254 unclassified when it can occur).
+
+    """
+
+    windowed: bool
+    table: ClassTable
+
+
+def plan_file(
+    segmentor: Segmentor, path: str | Path, options: FileOptions, header: ImageHeader | None = None
+) -> FilePlan:
+    """Decide :class:`FilePlan` for ``path`` (reads the available memory once).
+
+    Raises:
+        InputError: as :func:`use_windows`.
+
+    """
+    names = segmentor.vocabulary.labels
+    unclassified = segmentor.settings.low_score_label == UNCLASSIFIED_LABEL
+    return FilePlan(
+        windowed=use_windows(Path(path), segmentor, options.windowed, header),
+        table=ClassTable.build(names, palette(len(names)), unclassified),
+    )
+
+
 def segment_file(
     segmentor: Segmentor,
     path: str | Path,
@@ -261,6 +292,7 @@ def segment_file(
     options: FileOptions | None = None,
     on_view: Callable[[int, int], None] | None = None,
     header: ImageHeader | None = None,
+    plan: FilePlan | None = None,
 ) -> tuple[Prediction | SceneResult, dict[str, Path]]:
     """Read, segment and write one image.
 
@@ -271,6 +303,7 @@ def segment_file(
         options: how the file is read and what is written (see :class:`FileOptions`).
         on_view: progress callback of windowed runs, ``on_view(done, total)``.
         header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
+        plan: :func:`plan_file` of ``path``, when already decided (else decided here).
 
     Returns:
         The prediction (a :class:`SceneResult` when windowed) and the written files.
@@ -281,16 +314,24 @@ def segment_file(
     """
     path, out = Path(path), Path(out_dir)
     options = options or FileOptions()
-    names = segmentor.vocabulary.labels
-    unclassified = segmentor.settings.low_score_label == UNCLASSIFIED_LABEL
-    table = ClassTable.build(names, palette(len(names)), unclassified)
+    plan = plan or plan_file(segmentor, path, options, header)
+    names, table = list(plan.table.names), plan.table
     found: list[Instance] | None = [] if options.objects else None
-    if use_windows(path, segmentor, options.windowed, header):
+    if plan.windowed:
         paths = output_paths(path, out, True, options)
         with _scores_for_polygons(paths, out) as scores:
             written = {**paths, "scores": scores} if scores else paths
             result = segment_scene(
-                segmentor, path, written, options.bands, options.stretch, on_view, header, options.cog, found
+                segmentor,
+                path,
+                written,
+                options.bands,
+                options.stretch,
+                on_view,
+                header,
+                options.cog,
+                found,
+                table,
             )
             crs, transform = result.crs, result.transform
             _write_vectors(paths, scores, table, crs, transform, found, options)

@@ -87,6 +87,7 @@ def segment_scene(
     header: ImageHeader | None = None,
     cog: bool = True,
     found: list[Instance] | None = None,
+    table: ClassTable | None = None,
 ) -> SceneResult:
     """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"scores"``, ``"overlay"``).
 
@@ -102,6 +103,7 @@ def segment_scene(
         cog: write Cloud-Optimized GeoTIFFs (else plain tiles).
         found: when a list, SAM 3's objects of every window are added to it (image
             coordinates, cut to valid pixels, deduplicated across windows).
+        table: the outputs' class table (:class:`~ovearth.run.files.FilePlan`), else built here.
 
     Returns:
         The :class:`SceneResult`.
@@ -129,7 +131,7 @@ def segment_scene(
         presence = torch.zeros(len(segmentor.vocabulary.names))
         done = skipped = 0
         quick = _QuickLook(height, width)
-        table = ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
+        table = table or ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
         objects = StreamingDedup()  # holds only the instances later windows may still meet
         with SceneWriter(paths["labels"], reader, table, paths.get("scores"), names, cog=cog) as writer:
             valids: dict[Window, np.ndarray] = {}  # of the windows read and not yet added

@@ -33,7 +33,7 @@ from ..data.raster import ImageHeader, check_image
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
-from .files import FileOptions, segment_file, use_windows
+from .files import FileOptions, plan_file, segment_file
 
 #: ``progress(name, done, total)`` before each input (``done`` inputs finished so far)
 ProgressFn = Callable[[str, int, int], None]
@@ -172,13 +172,14 @@ def _one(
     on_view: ViewFn | None,
     header: ImageHeader | None = None,
 ) -> dict[str, Any]:
-    windowed = use_windows(file, segmentor, options.windowed, header)
+    plan = plan_file(segmentor, file, options, header)  # decided once for this file
+    windowed = plan.windowed
     key = entry_key(segmentor, file, options, windowed)
     if not options.overwrite and earlier is not None and earlier.get("key") == key:
         if all(Path(p).exists() for p in earlier.get("outputs", {}).values()):
             return dict(earlier, reused=True)
     chosen = dataclasses.replace(options, windowed=windowed)
-    prediction, written = segment_file(segmentor, file, out, chosen, on_view, header)
+    prediction, written = segment_file(segmentor, file, out, chosen, on_view, header, plan)
     names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
     entry = {
         "image": str(file),
