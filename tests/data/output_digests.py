@@ -81,6 +81,14 @@ def tiny_model(work: Path) -> Path:
     return save_tiny_model(work / "tiny", seed=0, image_size=336)
 
 
+def emit(record: dict, path: Path | None) -> None:
+    """Print a digest record as JSON and, with ``path``, write it there."""
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    if path:
+        path.write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("samples", type=Path)
@@ -92,10 +100,7 @@ def main() -> None:
         "environment": environment(),
         "cases": run_cases(args.samples, args.work, tiny_model(args.work)),
     }
-    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    if args.write:
-        args.write.write_text(text)
-    print(text)
+    emit(record, args.write)
 
 
 if __name__ == "__main__":

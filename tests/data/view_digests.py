@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -114,16 +113,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", type=Path, help="write the digests here (JSON)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from ovearth.model.testing import save_tiny_model
+    from tests.data.output_digests import emit
 
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_model(Path(tmp) / "tiny", seed=0, image_size=336)
         record = {"environment": environment(), "cases": run_cases(model)}
-    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    if args.write:
-        args.write.write_text(text)
-    print(text)
+    emit(record, args.write)
 
 
 if __name__ == "__main__":
