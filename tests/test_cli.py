@@ -185,18 +185,34 @@ def test_make_tiny_model_command(monkeypatch, capsys, tmp_path):
     assert load_model(tmp_path / "m").model.config.vision_config.backbone_config.image_size == 336
 
 
-def test_given_settings_takes_the_settings_fields_a_command_was_given():
+def test_settings_options_table_matches_the_commands_and_the_settings_fields():
+    import dataclasses
     import inspect
 
-    from ovearth.cli.app import given_settings
+    from ovearth.cli.app import SETTINGS_OPTIONS, given_settings
     from ovearth.cli.benchmarks import eval_
+    from ovearth.cli.calibrate import calibrate
     from ovearth.cli.images import segment
+    from ovearth.segment.settings import SegmentSettings
 
+    fields = {f.name for f in dataclasses.fields(SegmentSettings)}
+    derived = {"class_prob_thd"}  # parsed from --prob-thd inside the command (parse_prob_thd)
+    commands = {"segment": segment, "eval": eval_, "calibrate": calibrate}
+    assert set(SETTINGS_OPTIONS) == set(commands)
+    for name, command in commands.items():
+        parameters = set(inspect.signature(command).parameters)
+        table = SETTINGS_OPTIONS[name]
+        assert set(table) <= parameters | derived, name  # every option exists (a rename fails here)
+        assert set(table.values()) <= fields, name  # every target is a settings field
+        # an option named like a settings field is in the table: none forgotten
+        assert {p for p in parameters if p in fields} <= set(table), name
+    # segment sets every field of the fusion rule; eval and calibrate keep the protocol's
+    assert set(SETTINGS_OPTIONS["segment"].values()) == fields
+    options = dict.fromkeys(SETTINGS_OPTIONS["segment"])
     picked = given_settings(
-        {"compile_backbone": True, "presence": False, "prob_thd": None, "zoom": "k=1", "bands": "1,2,3"}
+        "segment", {**options, "compile_backbone": True, "presence": False, "zoom": "k=1"}
     )
     assert picked == {"compile": True, "use_presence": False, "zoom": "k=1"}
-    # every knob of the fusion rule reaches the settings from segment; eval takes the run knobs
-    for command, expected in ((segment, 19), (eval_, 13)):
-        names = dict.fromkeys(inspect.signature(command).parameters, 0)
-        assert len(given_settings(names)) == expected, command.__name__
+    del options["presence"]
+    with pytest.raises(KeyError, match="no parameter presence"):  # a renamed option is an error
+        given_settings("segment", options)

@@ -46,13 +46,15 @@ def test_metrics_are_accumulated_over_the_set(tiny, data_root, tmp_path):
     calls = []
     result = evaluate(seg, dataset, tmp_path, progress=lambda d, n, m: calls.append((d, n, m)))
     total = sum(confusion_matrix(seg.predict(s.load_image().rgb).labels, s.load_label(), 7) for s in dataset)
-    same_metrics(result, compute_metrics(total, seg.vocabulary.labels))
-    predicted = [name for name, v in result["per_class"].items() if v["IoU"] > 0]
-    assert len(predicted) >= 3 and 0 < result["mIoU"] < 100  # the tiny model predicts several classes
+    same_metrics(result.metrics, compute_metrics(total, seg.vocabulary.labels))
+    predicted = [name for name, v in result.per_class.items() if v["IoU"] > 0]
+    assert len(predicted) >= 3 and 0 < result.miou < 100  # the tiny model predicts several classes
     assert [c[0] for c in calls] == list(range(1, 7)) and calls[-1][2] == pytest.approx(
-        result["mIoU"], nan_ok=True
+        result.miou, nan_ok=True
     )
     written = json.loads((tmp_path / "metrics.json").read_text())
+    assert result.out_dir == tmp_path and set(written) == set(result.metrics)  # the result is the file
+    same_metrics(written, result.metrics)
     assert written["model"]["fingerprint"] == tiny.fingerprint and written["settings"]["prob_thd"] == 0.1
     assert set(written["per_class"]["building"]) >= {"IoU", "Acc", "Fscore"}
     assert all((tmp_path / f).exists() for f in ("metrics.md", "metrics.csv", "per_class_iou.png"))
@@ -62,14 +64,14 @@ def test_cache_is_reused_and_a_changed_setting_is_not(tiny, data_root, tmp_path)
     dataset = SegmentationDataset(PROTOCOL, data_root)
     first = evaluate(segmentor_for(tiny), dataset, tmp_path)
     again = evaluate(segmentor_for(tiny), dataset, tmp_path)
-    assert (first["computed_images"], again["computed_images"]) == (6, 0)
-    same_metrics(first, again)
+    assert (first.computed_images, again.computed_images) == (6, 0)
+    same_metrics(first.metrics, again.metrics)
     changed = evaluate(segmentor_for(tiny, prob_thd=0.45), dataset, tmp_path)
-    assert changed["computed_images"] == 6 and changed["run_key"] != first["run_key"]
+    assert changed.computed_images == 6 and changed.run_key != first.run_key
     refined = evaluate(segmentor_for(tiny, refine="smooth:a=0.2"), dataset, tmp_path)
-    assert refined["computed_images"] == 6
+    assert refined.computed_images == 6
     plain = evaluate(segmentor_for(tiny, prompt_form="transformers"), dataset, tmp_path)
-    assert plain["computed_images"] == 6 and plain["mIoU"] != first["mIoU"]
+    assert plain.computed_images == 6 and plain.miou != first.miou
     assert len(list((tmp_path / "cache").iterdir())) == 4
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["settings"]["prompt_form"] == "transformers"
@@ -82,7 +84,7 @@ def test_limit_and_saved_predictions(tiny, data_root, tmp_path):
         tmp_path,
         EvalOptions(save_predictions=True),
     )
-    assert result["num_images"] == 2
+    assert result.num_images == 2
     assert len(list((tmp_path / "predictions").rglob("*.png"))) == 2
 
 

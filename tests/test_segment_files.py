@@ -170,3 +170,33 @@ def test_the_window_decision_is_made_once_per_file(monkeypatch, capsys, tiny_dir
     assert code == 0, err
     count = len(json.loads((tmp_path / "out" / "run.json").read_text())["images"])
     assert count == 3 and len(reads) == count and len(tables) == count
+
+
+def test_segment_images_api_returns_the_typed_run_the_cli_writes(tiny, folder, samples, tmp_path):
+    """The Python call of `segment`: headers checked before the segmentor is made; run.json is the result."""
+    from ovearth import Segmentor
+    from ovearth.errors import InputError
+    from ovearth.run.segment_files import FileOptions, ImageResult, SegmentRun, segment_images
+
+    made = []
+
+    def make() -> Segmentor:
+        made.append(1)
+        return Segmentor(tiny, CLASSES)
+
+    shutil.copy(samples / "rgb1_fake_nir_epsg3857.tif", folder / "d_grey.tif")
+    with pytest.raises(InputError, match="d_grey.tif"):
+        segment_images([folder], tmp_path / "out", make)
+    assert not made and not (tmp_path / "out").exists()  # refused before the model was needed
+    run = segment_images([folder], tmp_path / "out", make, FileOptions(skip_bad=True), {"note": "api"})
+    assert isinstance(run, SegmentRun) and made == [1]
+    assert [Path(r.image).name for r in run.images] == ["a.png", "b.png", "c.png"]
+    assert all(isinstance(r, ImageResult) and not r.reused and r.views is None for r in run.images)
+    assert Path(run.images[0].outputs["labels"]).name == "a_labels.png"
+    assert [Path(s["image"]).name for s in run.skipped] == ["d_grey.tif"]
+    written = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert written == json.loads(json.dumps(run.to_dict()))  # the result is the file
+    assert list(written)[:2] == ["ovearth", "command"] and written["note"] == "api"
+    assert "views" not in written["images"][0]  # only windowed entries carry the window counts
+    again = segment_images([folder], tmp_path / "out", Segmentor(tiny, CLASSES), FileOptions(skip_bad=True))
+    assert again.reused == 3 and [r.key for r in again.images] == [r.key for r in run.images]

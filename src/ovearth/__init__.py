@@ -21,29 +21,42 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _LAZY = {
+    "EvalRun": "ovearth.run.evaluate",
+    "FileOptions": "ovearth.run.files",
     "LoadedModel": "ovearth.model.load",
     "load_model": "ovearth.model.load",
     "Prediction": "ovearth.segment.segmentor",
     "Segmentor": "ovearth.segment.segmentor",
     "SegmentSettings": "ovearth.segment.settings",
     "Vocabulary": "ovearth.segment.vocabulary",
+    "SegmentRun": "ovearth.run.segment_files",
+    "evaluate": "ovearth.run.evaluate",
+    "segment_images": "ovearth.run.segment_files",
 }
 
 __all__ = [
     "CheckpointError",
+    "EvalRun",
+    "FileOptions",
     "InputError",
     "LoadedModel",
     "ModelNotFoundError",
     "OvearthError",
     "Prediction",
+    "SegmentRun",
     "SegmentSettings",
     "Segmentor",
     "Vocabulary",
+    "evaluate",
     "load_model",
+    "segment_images",
 ]
 
 if TYPE_CHECKING:
     from .model.load import LoadedModel, load_model
+    from .run.evaluate import EvalRun, evaluate
+    from .run.files import FileOptions
+    from .run.segment_files import SegmentRun, segment_images
     from .segment.segmentor import Prediction, Segmentor
     from .segment.settings import SegmentSettings
     from .segment.vocabulary import Vocabulary

@@ -207,28 +207,58 @@ def given(**options):
     return {key: value for key, value in options.items() if value is not None}
 
 
-#: command parameters whose SegmentSettings field has another name
-SETTING_NAMES = {
+#: the command options that set a :class:`~ovearth.segment.settings.SegmentSettings` field,
+#: option parameter -> field, one table per command (``tests/test_cli.py`` checks every
+#: key against the command's parameters and every value against the settings' fields, so
+#: a renamed option fails there instead of silently leaving the setting at its default)
+_RUN_KNOBS = {
+    "mode": "mode",
+    "confidence_threshold": "confidence_threshold",
+    "prob_thd": "prob_thd",
+    "class_prob_thd": "class_prob_thd",
+    "prompt_batch": "prompt_batch",
+    "refine": "refine",
+    "refine_at": "refine_at",
+    "refine_for": "refine_for",
+    "zoom": "zoom",
+    "skip_absent": "skip_absent",
+    "precision": "precision",
+    "prompt_form": "prompt_form",
+    "view_batch": "view_batch",
     "compile_backbone": "compile",
-    "instances": "use_instances",
-    "semantic": "use_semantic",
-    "presence": "use_presence",
+}
+SETTINGS_OPTIONS: dict[str, dict[str, str]] = {
+    "segment": {
+        **_RUN_KNOBS,
+        "bg_idx": "bg_idx",
+        "slide_crop": "slide_crop",
+        "slide_stride": "slide_stride",
+        "instances": "use_instances",
+        "semantic": "use_semantic",
+        "presence": "use_presence",
+    },
+    "eval": _RUN_KNOBS,
+    "calibrate": {
+        name: _RUN_KNOBS[name] for name in ("refine", "refine_at", "refine_for", "precision", "prompt_form")
+    },
 }
 
 
-def given_settings(parameters: dict) -> dict:
-    """The SegmentSettings fields among a command's ``parameters`` (its ``locals()``) that were given.
+def given_settings(command: str, parameters: dict) -> dict:
+    """The SegmentSettings fields that ``command``'s ``parameters`` (its ``locals()``) were given.
 
-    A parameter counts when its name (or its :data:`SETTING_NAMES` alias) is a settings
-    field and its value is not None; the protocol's or preset's value stays otherwise.
+    Reads exactly the options of :data:`SETTINGS_OPTIONS` ``[command]``; an option whose
+    value is None was not given (the protocol's or preset's value stays).
+
+    Raises:
+        KeyError: an option of the table that the command does not have (a renamed option).
+
     """
-    import dataclasses
-
-    from ..segment.settings import SegmentSettings
-
-    fields = {f.name for f in dataclasses.fields(SegmentSettings)}
-    named = {SETTING_NAMES.get(name, name): value for name, value in parameters.items()}
-    return given(**{name: value for name, value in named.items() if name in fields})
+    table = SETTINGS_OPTIONS[command]
+    missing = sorted(set(table) - set(parameters))
+    if missing:
+        raise KeyError(f"{command}: no parameter {', '.join(missing)} (see SETTINGS_OPTIONS)")
+    return given(**{field: parameters[option] for option, field in table.items()})
 
 
 ProbThdOption = Annotated[

@@ -103,7 +103,7 @@ def eval_(
         protocol = with_split(protocol, split)
     data = SegmentationDataset(protocol, data_root, limit=limit)
     prob_thd, class_prob_thd = parse_prob_thd(prob_thd)  # noqa: F841 (read by given_settings)
-    settings = protocol.settings.replace(**given_settings(locals()))
+    settings = protocol.settings.replace(**given_settings("eval", locals()))
 
     settings.check_run(len(protocol.vocabulary))
     from ..run.evaluate import EvalOptions, evaluate
@@ -120,11 +120,11 @@ def eval_(
             bar.update(task, completed=done, total=total, miou=f"{miou:.2f}")
             plain(done, total, f", running mIoU {miou:.2f}")
 
-        result = evaluate(segmentor, data, output, options, progress)
+        run = evaluate(segmentor, data, output, options, progress)
     if is_main_process():
-        skipped = f", {len(result['skipped'])} skipped" if result["skipped"] else ""
-        scores = "  ".join(f"{key} {result[key]:.2f}" for key in ("mIoU", "mAcc", "aAcc"))
-        count = f"{result['num_images']} images{skipped}"
+        skipped = f", {len(run.skipped)} skipped" if run.skipped else ""
+        scores = f"mIoU {run.miou:.2f}  mAcc {run.macc:.2f}  aAcc {run.aacc:.2f}"
+        count = f"{run.num_images} images{skipped}"
         err.print(f"{protocol.title}: {scores}  ({count}) -> {output}/metrics.json")
 
 

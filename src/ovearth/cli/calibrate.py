@@ -128,7 +128,7 @@ def calibrate(
 
     protocol = protocol_from(dataset, dataset_config)
     data = SegmentationDataset(protocol, data_root, limit=limit)
-    settings = protocol.settings.replace(**given_settings(locals()))
+    settings = protocol.settings.replace(**given_settings("calibrate", locals()))
     settings.check_run(len(protocol.vocabulary))
     user = read_candidates(candidates) if candidates is not None else None
     pool = build_pool(protocol.vocabulary, user, builtin_pool, max_names, str(candidates))

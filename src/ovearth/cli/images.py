@@ -159,12 +159,11 @@ def segment(
     """
     setup_logging(verbose)
     from ..data.raster import parse_bands
-    from ..run.files import collect_images
-    from ..run.segment_files import FileOptions, check_files, segment_files
+    from ..run.segment_files import FileOptions, segment_images
 
     vocabulary, base = vocabulary_and_settings(classes, preset)
     prob_thd, class_prob_thd = parse_prob_thd(prob_thd)  # noqa: F841 (read by given_settings)
-    settings = base.replace(**given_settings(locals()))
+    settings = base.replace(**given_settings("segment", locals()))
     settings.check_run(len(vocabulary))
     band_choice = parse_bands(bands)
     options = FileOptions(
@@ -180,24 +179,16 @@ def segment(
         simplify=simplify,
         objects=objects,
     )
-    headers, skipped = check_files(collect_images(images, output), options)  # before the model loads
 
-    from ..segment.segmentor import Segmentor
+    def make_segmentor():  # called once every input's header is checked
+        from ..segment.segmentor import Segmentor
 
-    loaded = load_on(model, device, adapter)
-    segmentor = Segmentor(loaded, vocabulary, settings=settings)
-    described = segmentor.record()
-    record = {
-        "ovearth": described.pop("ovearth"),
-        "command": "segment",
-        **described,
-        "preset": preset,
-        "bands": band_choice,
-        "stretch": stretch,
-    }
+        return Segmentor(load_on(model, device, adapter), vocabulary, settings=settings)
+
+    record = {"command": "segment", "preset": preset, "bands": band_choice, "stretch": stretch}
     plain = PlainProgress("segment")
     with progress_bar() as bar:
-        task = bar.add_task("segmenting", total=len(headers))
+        task = bar.add_task("segmenting", total=None)
         views = bar.add_task("windows", total=None, visible=False)
 
         def progress(name: str, done: int, total: int) -> None:
@@ -208,17 +199,16 @@ def segment(
         def on_view(done: int, total: int) -> None:
             bar.update(views, completed=done, total=total, visible=True)
 
-        result = segment_files(segmentor, headers, output, options, record, skipped, progress, on_view)
-        bar.update(task, completed=len(headers))
-    plain.finish(len(result["images"]))
+        run = segment_images(images, output, make_segmentor, options, record, progress, on_view)
+        bar.update(task, completed=len(run.images))
+    plain.finish(len(run.images))
     if is_main_process():
-        reused = sum(e["reused"] for e in result["images"])
         notes = [
-            f"{reused} reused" if reused else "",
-            f"{len(result['skipped'])} skipped" if result["skipped"] else "",
+            f"{run.reused} reused" if run.reused else "",
+            f"{len(run.skipped)} skipped" if run.skipped else "",
         ]
         extra = ", ".join(n for n in notes if n)
-        err.print(f"wrote {len(result['images'])} result(s) to {output}" + (f" ({extra})" if extra else ""))
+        err.print(f"wrote {len(run.images)} result(s) to {output}" + (f" ({extra})" if extra else ""))
 
 
 @app.command()

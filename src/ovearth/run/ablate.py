@@ -184,7 +184,8 @@ def run_ablation(
                 with adapted(loaded, setting.adapter or None) as model:
                     segmentor = Segmentor(model, protocol.vocabulary, settings=setting.apply(base))
                     target = out / protocol.name / setting.slug
-                    results[protocol.name][setting.name] = evaluate(segmentor, dataset, target, EvalOptions())
+                    run = evaluate(segmentor, dataset, target, EvalOptions())
+                    results[protocol.name][setting.name] = run.metrics
                 done += 1
                 if progress is not None:
                     progress(protocol.name, setting.name, done, total)

@@ -102,6 +102,66 @@ class EvalOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class EvalRun:
+    """What :func:`evaluate` measured; :attr:`metrics` is ``metrics.json``.
+
+    Attributes:
+        out_dir: the output folder (``metrics.json``, ``metrics.md``, ``cache/``).
+        metrics: everything ``metrics.json`` holds: the summary and per-class metrics of
+            :func:`~ovearth.metrics.compute_metrics` plus the run's provenance.
+
+    """
+
+    out_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def miou(self) -> float:
+        """Mean IoU over the classes, in percent."""
+        return self.metrics["mIoU"]
+
+    @property
+    def macc(self) -> float:
+        """Mean per-class accuracy, in percent."""
+        return self.metrics["mAcc"]
+
+    @property
+    def aacc(self) -> float:
+        """Share of pixels labelled right, in percent."""
+        return self.metrics["aAcc"]
+
+    @property
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """Class name -> ``{"IoU", "Acc", "Fscore", "Precision", "Recall"}`` in percent."""
+        return self.metrics["per_class"]
+
+    @property
+    def num_images(self) -> int:
+        """Images evaluated (every process's)."""
+        return self.metrics["num_images"]
+
+    @property
+    def computed_images(self) -> int:
+        """Images this process segmented in this run (the rest came from the cache)."""
+        return self.metrics["computed_images"]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Bad images, ``{"image", "problem"}`` each (with ``skip_bad``)."""
+        return self.metrics["skipped"]
+
+    @property
+    def run_key(self) -> str:
+        """Hash of everything that changes predictions (the cache folder's name)."""
+        return self.metrics["run_key"]
+
+    @property
+    def world_size(self) -> int:
+        """Processes that shared the images."""
+        return self.metrics["world_size"]
+
+
 def run_key(segmentor: Segmentor, dataset: SegmentationDataset, options: EvalOptions) -> tuple[str, dict]:
     """Hash of everything that changes the per-image results, and what was hashed."""
     protocol = dataset.protocol
@@ -132,7 +192,7 @@ def evaluate(
     out_dir: str | Path,
     options: EvalOptions | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> EvalRun:
     """Evaluate a segmentor on a dataset and write the reports into ``out_dir``.
 
     Args:
@@ -143,7 +203,7 @@ def evaluate(
         progress: optional callback after each image.
 
     Returns:
-        The metrics (as in ``metrics.json``) on every process.
+        The :class:`EvalRun` (its ``metrics`` as in ``metrics.json``), on every process.
 
     Raises:
         InputError: a bad image when ``skip_bad`` is False.
@@ -200,7 +260,7 @@ def evaluate(
             write_text_atomic(cache / "run.json", json.dumps(identity, indent=2, sort_keys=True) + "\n")
         if shard.world_size > 1:
             dist.barrier()
-        return result
+        return EvalRun(out, result)
     finally:
         shard.close()
 

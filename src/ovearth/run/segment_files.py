@@ -17,11 +17,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,87 @@ from ..data.raster import ImageHeader, check_image
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
-from .files import FileOptions, plan_file, segment_file
+from .files import FileOptions, collect_images, plan_file, segment_file
 
 #: ``progress(name, done, total)`` before each input (``done`` inputs finished so far)
 ProgressFn = Callable[[str, int, int], None]
 #: ``on_view(done, total)`` during an input read by windows
 ViewFn = Callable[[int, int], None]
+
+
+@dataclass
+class ImageResult:
+    """One input of a :class:`SegmentRun` (an entry of ``run.json``'s ``images``).
+
+    Attributes:
+        image: the input path as given.
+        key: hash of everything that changes its outputs (:func:`entry_key`).
+        outputs: output kind (``labels``, ``overlay``, ``scores``...) -> written path.
+        presence: class name -> presence score (max over names and views).
+        windowed: read and written by windows.
+        reused: outputs of an earlier run with the same key were kept (resume).
+        views, skipped_views: windows placed and windows not run (windowed inputs only).
+
+    """
+
+    image: str
+    key: str
+    outputs: dict[str, str]
+    presence: dict[str, float]
+    windowed: bool
+    reused: bool = False
+    views: int | None = None
+    skipped_views: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``run.json`` entry (``views`` and ``skipped_views`` only when windowed)."""
+        entry = dataclasses.asdict(self)
+        if self.views is None:
+            del entry["views"], entry["skipped_views"]
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> ImageResult:
+        """An entry of an earlier ``run.json`` (unknown fields ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in entry.items() if k in names})
+
+
+@dataclass
+class SegmentRun:
+    """What :func:`segment_files` did; :meth:`to_dict` is ``run.json``.
+
+    Attributes:
+        out_dir: the output folder.
+        record: the fields at the top of ``run.json`` (version, command, model, settings...).
+        images: one result per segmented or reused input, in input order.
+        skipped: bad inputs, ``{"image", "problem"}`` each.
+        world_size: processes that shared the inputs (torchrun).
+        seconds: wall time of the run.
+        error: the first line of the error the run stopped on, or None.
+
+    """
+
+    out_dir: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    images: list[ImageResult] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    world_size: int = 1
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def reused(self) -> int:
+        """Inputs whose earlier outputs were kept."""
+        return sum(result.reused for result in self.images)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``run.json``: ``record``, then ``images``, ``skipped``, ``world_size``, ``seconds``, ``error``."""
+        done = dict(self.record, images=[r.to_dict() for r in self.images], skipped=self.skipped)
+        done.update(world_size=self.world_size, seconds=self.seconds)
+        if self.error is not None:
+            done["error"] = self.error
+        return done
 
 
 def check_files(files: list[Path], options: FileOptions) -> tuple[list[ImageHeader], list[dict[str, str]]]:
@@ -76,6 +153,49 @@ def entry_key(segmentor: Segmentor, file: Path, options: FileOptions, windowed: 
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def segment_images(
+    images: Iterable[str | Path],
+    out_dir: str | Path,
+    segmentor: Segmentor | Callable[[], Segmentor],
+    options: FileOptions | None = None,
+    record: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    on_view: ViewFn | None = None,
+) -> SegmentRun:
+    """Segment image files and folders into ``out_dir``: what ``ovearth segment`` does.
+
+    Expands ``images`` (:func:`~ovearth.run.files.collect_images`), checks every header
+    (:func:`check_files`), then segments (:func:`segment_files`)::
+
+        run = segment_images(["tiles/"], "out", Segmentor(load_model(), "building;road"))
+        run.images[0].outputs["labels"], run.reused, run.skipped
+
+    Args:
+        images: files or folders of GeoTIFF, PNG and JPEG images.
+        out_dir: output folder (resumes an earlier run there).
+        segmentor: the segmentor, or a function that makes it; a function is called
+            after every header was checked, so a bad input is named before a model loads.
+        options: how files are read and what is written (:class:`FileOptions`).
+        record: fields added to ``run.json``'s head (``command``, default ``segment``, comes
+            second; the rest after the segmentor's own :meth:`~Segmentor.record`).
+        progress: called before each input (see :func:`segment_files`).
+        on_view: progress of an input read by windows.
+
+    Raises:
+        InputError: a bad input (unless ``options.skip_bad``) or bad settings.
+
+    """
+    options = options or FileOptions()
+    headers, skipped = check_files(collect_images(images, out_dir), options)
+    if not isinstance(segmentor, Segmentor):
+        segmentor = segmentor()
+    described, extra = segmentor.record(), record or {}
+    head = {"ovearth": described.pop("ovearth"), "command": extra.get("command", "segment")}
+    head.update(described)
+    head.update(extra)
+    return segment_files(segmentor, headers, out_dir, options, head, skipped, progress, on_view)
+
+
 def segment_files(
     segmentor: Segmentor,
     files: list[Path | ImageHeader],
@@ -85,7 +205,7 @@ def segment_files(
     skipped: list[dict[str, str]] | None = None,
     progress: ProgressFn | None = None,
     on_view: ViewFn | None = None,
-) -> dict[str, Any]:
+) -> SegmentRun:
     """Segment ``files`` into ``out_dir`` and write ``run.json`` (see the module docstring).
 
     Args:
@@ -100,9 +220,8 @@ def segment_files(
         on_view: progress of an input read by windows.
 
     Returns:
-        The ``run.json`` record: ``record`` plus ``images`` (one entry per segmented or
-        reused input: ``image``, ``key``, ``outputs``, ``presence``, ``windowed``, ``reused``),
-        ``skipped``, ``world_size``, ``seconds`` (and ``error`` if it stopped on one).
+        The :class:`SegmentRun` (its :meth:`~SegmentRun.to_dict` is ``run.json``); under
+        torchrun, rank 0's holds every rank's inputs.
 
     Raises:
         InputError: a bad input without ``skip_bad`` (``run.json`` is written first).
@@ -116,20 +235,16 @@ def segment_files(
     headers = [f if isinstance(f, ImageHeader) else None for f in files]
     files = [f.path if isinstance(f, ImageHeader) else Path(f) for f in files]
     mine = list(zip(files, headers, strict=True))[shard.rank :: shard.world_size]
-    entries: list[dict[str, Any]] = []
-    bad: list[dict[str, str]] = list(skipped or []) if shard.rank == 0 else []
-    base = dict(record or {})
+    run = SegmentRun(out, dict(record or {}), skipped=list(skipped or []) if shard.rank == 0 else [])
+    run.world_size = shard.world_size
     start = time.perf_counter()
 
-    def write(error: str | None = None, merged: bool = False) -> dict[str, Any]:
-        """The record so far; written by a lone process, or by rank 0 once merged."""
-        done = dict(base, images=entries, skipped=bad, world_size=shard.world_size)
-        done["seconds"] = round(time.perf_counter() - start, 3)
-        if error is not None:
-            done["error"] = error
+    def write(merged: bool = False) -> SegmentRun:
+        """The run so far; written by a lone process, or by rank 0 once merged."""
+        run.seconds = round(time.perf_counter() - start, 3)
         if shard.world_size == 1 or (merged and shard.rank == 0):
-            write_text_atomic(run_json, json.dumps(done, indent=2) + "\n")
-        return done
+            write_text_atomic(run_json, json.dumps(run.to_dict(), indent=2) + "\n")
+        return run
 
     try:
         if shard.rank == 0:
@@ -138,26 +253,28 @@ def segment_files(
             if progress is not None:
                 progress(file.name, index, len(mine))
             try:
-                entries.append(_one(segmentor, file, out, options, earlier.get(_same(file)), on_view, header))
+                run.images.append(
+                    _one(segmentor, file, out, options, earlier.get(_same(file)), on_view, header)
+                )
             except InputError as error:
                 if not options.skip_bad:
                     raise
-                bad.append({"image": str(file), "problem": str(error)})
+                run.skipped.append({"image": str(file), "problem": str(error)})
             write()
         if shard.world_size > 1:  # rank 0 writes the merged record, in input order
             gathered: list[Any] = [None] * shard.world_size
-            dist.all_gather_object(gathered, (entries, bad))
+            dist.all_gather_object(gathered, (run.images, run.skipped))
             order = {str(f): i for i, f in enumerate(files)}
-            entries = sorted((e for part, _ in gathered for e in part), key=lambda e: order[e["image"]])
-            bad = [b for _, part in gathered for b in part]
-            result = write(merged=True)
+            run.images = sorted((e for part, _ in gathered for e in part), key=lambda e: order[e.image])
+            run.skipped = [b for _, part in gathered for b in part]
+            write(merged=True)
             dist.barrier()
-            return result
+            return run
         return write()
     except BaseException as error:
-        if entries or earlier or run_json.exists():  # a record of what is there; nothing if nothing is
-            message = (str(error) or type(error).__name__).splitlines()[0]
-            write(error=message)
+        if run.images or earlier or run_json.exists():  # a record of what is there; nothing if nothing is
+            run.error = (str(error) or type(error).__name__).splitlines()[0]
+            write()
         raise
     finally:
         shard.close()
@@ -171,27 +288,27 @@ def _one(
     earlier: dict[str, Any] | None,
     on_view: ViewFn | None,
     header: ImageHeader | None = None,
-) -> dict[str, Any]:
+) -> ImageResult:
     plan = plan_file(segmentor, file, options, header)  # decided once for this file
     windowed = plan.windowed
     key = entry_key(segmentor, file, options, windowed)
     if not options.overwrite and earlier is not None and earlier.get("key") == key:
         if all(Path(p).exists() for p in earlier.get("outputs", {}).values()):
-            return dict(earlier, reused=True)
+            with contextlib.suppress(TypeError):  # an entry missing fields is recomputed
+                return dataclasses.replace(ImageResult.from_dict(earlier), reused=True)
     chosen = dataclasses.replace(options, windowed=windowed)
     prediction, written = segment_file(segmentor, file, out, chosen, on_view, header, plan)
     names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
-    entry = {
-        "image": str(file),
-        "key": key,
-        "outputs": {k: str(v) for k, v in written.items()},
-        "presence": dict(zip(names, presence, strict=True)),
-        "windowed": windowed,
-        "reused": False,
-    }
+    result = ImageResult(
+        image=str(file),
+        key=key,
+        outputs={k: str(v) for k, v in written.items()},
+        presence=dict(zip(names, presence, strict=True)),
+        windowed=windowed,
+    )
     if windowed:
-        entry.update(views=prediction.views, skipped_views=prediction.skipped_views)
-    return entry
+        result.views, result.skipped_views = prediction.views, prediction.skipped_views
+    return result
 
 
 def _same(path: str | Path) -> str:
