@@ -151,7 +151,7 @@ def test_each_header_is_opened_once_before_its_pixels(monkeypatch, capsys, tiny_
 
 def test_the_window_decision_is_made_once_per_file(monkeypatch, capsys, tiny_dir, folder, tmp_path):
     """A FilePlan per input: the memory is read and the class table built once, not again in segment_file."""
-    import ovearth.run.files as files
+    import ovearth.run.plan as files
 
     reads, tables = [], []
     real_memory, real_build = files.available_memory, files.ClassTable.build

@@ -95,6 +95,8 @@ class ImageHeader:
         path: the file.
         height, width: size in pixels.
         bands: the 1-based bands read as R, G, B (None for PNG/JPEG, decoded as RGB).
+        georeferenced: the file has a CRS (as :attr:`RasterImage.georeferenced`; outputs
+            are then GeoTIFFs).
 
     """
 
@@ -102,6 +104,7 @@ class ImageHeader:
     height: int
     width: int
     bands: tuple[int, int, int] | None
+    georeferenced: bool = False
 
     @property
     def is_raster(self) -> bool:
@@ -144,7 +147,8 @@ def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> 
     try:
         with rasterio.open(path) as dataset:
             chosen = _choose_bands(path, dataset, bands)
-            return ImageHeader(path=path, height=dataset.height, width=dataset.width, bands=chosen)
+            crs = dataset.crs is not None
+            return ImageHeader(path, dataset.height, dataset.width, chosen, georeferenced=crs)
     except RasterioError as error:
         raise InputError(f"{path}: not a readable raster ({error}).") from None
 

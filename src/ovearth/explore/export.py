@@ -1,7 +1,7 @@
 """A result as files: the preset YAML of its settings, and the files ``segment`` writes.
 
 The ZIP holds, for a picture ``<stem>``, what ``ovearth segment --scores`` writes
-(:func:`~ovearth.run.files.output_paths`, by the same writers): ``<stem>_labels.tif``
+(:func:`~ovearth.run.plan.output_paths`, by the same writers): ``<stem>_labels.tif``
 (with its ``.aux.xml`` and ``.qml`` side files) or ``<stem>_labels.png`` without
 georeferencing, ``<stem>_overlay.png`` and ``<stem>_scores.tif``; plus
 ``<stem>_preset.yaml`` (``segment --preset`` reads it) and ``<stem>_explore.json`` (version,
@@ -23,7 +23,7 @@ from ..data.legend import ClassTable
 from ..data.protocols import protocol_yaml
 from ..data.raster import write_labels, write_scores
 from ..model.load import LoadedModel
-from ..run.files import FileOptions, output_paths
+from ..run.plan import FileOptions, output_paths
 from ..segment.fusion import scores_for_writing
 from ..segment.segmentor import Segmentor
 from ..viz import overlay, palette

@@ -5,16 +5,18 @@ For an input ``<stem>.<ext>``, :func:`segment_file` writes into ``out_dir``:
 * ``<stem>_labels.tif`` (georeferenced input: a Cloud-Optimized GeoTIFF with the input's
   CRS and transform, uint8 class indices, 254 = unclassified, 255 = nodata, colour table,
   class table; side files ``.tif.aux.xml`` and ``.qml`` with the class names) or
-  ``<stem>_labels.png`` (palette PNG) for input without georeferencing;
+  ``<stem>_labels.png`` (palette PNG) for input without georeferencing, read whole or by
+  windows alike (:class:`~ovearth.run.plan.FilePlan` decides it once);
 * ``<stem>_overlay.png``: class colours over the image, with a legend;
 * as :class:`FileOptions` asks: ``<stem>_scores.tif`` (one float32 band per class, the
   fused score, NaN on nodata), ``<stem>_labels.<gpkg|geojson|parquet>`` (one polygon per
   region, :mod:`ovearth.data.vectorize`) and ``<stem>_objects.<format>`` (SAM 3's kept
   objects, :mod:`ovearth.data.objects`).
 
-GeoTIFFs larger than :data:`WINDOWED_PIXELS` (or any, with ``windowed=True``) are read
-and written by windows (:mod:`ovearth.run.scene`): same outputs, bounded memory, the
-labels always a tiled GeoTIFF and the overlay a quick-look.
+GeoTIFFs larger than :data:`~ovearth.run.scene.WINDOWED_PIXELS` (or any, with
+``windowed=True``) are read and written by windows (:mod:`ovearth.run.scene`): same
+outputs, bounded memory (the labels PNG of a non-georeferenced TIFF is written by strips
+from a temporary tiled GeoTIFF, :mod:`ovearth.data.png_rows`) and the overlay a quick-look.
 
 Every file is written atomically: a failure leaves no partial output.
 """
@@ -22,39 +24,32 @@ Every file is written atomically: a failure leaves no partial output.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..constants import UNCLASSIFIED_LABEL
 from ..data.atomic import atomic_path
 from ..data.describe import sidecar_paths
 from ..data.legend import ClassTable
 from ..data.objects import write_objects
 from ..data.output import is_own_output
+from ..data.png_rows import geotiff_to_palette_png
 from ..data.raster import (
     IMAGE_SUFFIXES,
-    RASTER_SUFFIXES,
     ImageHeader,
     RasterImage,
-    check_image,
-    parse_stretch,
     read_image,
     write_labels,
     write_scores,
 )
-from ..data.vector_io import VECTOR_SUFFIXES
 from ..data.vectorize import vectorize
 from ..errors import InputError
 from ..segment.fusion import scores_for_writing
 from ..segment.instances import Instance
 from ..segment.segmentor import Prediction, Segmentor
-from ..viz import overlay, palette
-from .scene import WINDOWED_PIXELS, SceneResult, segment_scene
+from ..viz import overlay
+from .plan import FileOptions, FilePlan, plan_file
+from .scene import SceneResult, segment_scene
 
 logger = logging.getLogger(__name__)
 
@@ -101,190 +96,6 @@ def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = No
     return files
 
 
-#: formats of ``--vector``: the vector writer's suffixes without the dot
-VECTOR_FORMATS = tuple(suffix[1:] for suffix in VECTOR_SUFFIXES)
-
-
-@dataclass(frozen=True)
-class FileOptions:
-    """How the files are read and what is written.
-
-    Attributes:
-        bands: 1-based GeoTIFF bands for R, G, B (None: the default rule).
-        stretch: 8-bit scaling rule of non-uint8 rasters.
-        scores: also write the per-class fused score raster (``<stem>_scores.tif``).
-        windowed: read and write by windows (None: automatic).
-        skip_bad: list bad inputs under ``skipped`` instead of stopping.
-        overwrite: recompute inputs whose outputs exist with the same key.
-        cog: GeoTIFFs as Cloud-Optimized GeoTIFFs with overviews (else plain tiles).
-        vector: ``""``, or the format of the labels' polygons: ``gpkg``, ``geojson``, ``parquet``.
-        min_area: polygons smaller than this are dropped (square metres; pixels unprojected).
-        simplify: polygon simplification tolerance (metres; pixels unprojected), 0: exact.
-        objects: also write SAM 3's kept objects as polygons (``<stem>_objects.<format>``).
-
-    """
-
-    bands: tuple[int, int, int] | None = None
-    stretch: str = "percentile"
-    scores: bool = False
-    windowed: bool | None = None
-    skip_bad: bool = False
-    overwrite: bool = False
-    cog: bool = True
-    vector: str = ""
-    min_area: float = 0.0
-    simplify: float = 0.0
-    objects: bool = False
-
-    def __post_init__(self) -> None:
-        """Check the stretch rule and the vector options here, once, for every caller."""
-        parse_stretch(self.stretch)
-        if self.vector not in ("", *VECTOR_FORMATS):
-            raise InputError(f"--vector must be one of {', '.join(VECTOR_FORMATS)}, got '{self.vector}'.")
-        for name in ("min_area", "simplify"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}.")
-        if (self.min_area or self.simplify) and not self.vector:
-            raise InputError(
-                "--min-area and --simplify apply to polygons: add --vector gpkg (or geojson, parquet)."
-            )
-
-    @property
-    def object_format(self) -> str:
-        """Format of the objects layer: the ``vector`` format, else ``gpkg``."""
-        return self.vector or "gpkg"
-
-    def key_fields(self) -> dict[str, Any]:
-        """The options that change what is written (for the resume key)."""
-        fields = dataclasses.asdict(self)
-        for name in ("windowed", "skip_bad", "overwrite"):
-            fields.pop(name)
-        return fields
-
-
-def output_paths(image: Path, out_dir: Path, georeferenced: bool, options: FileOptions) -> dict[str, Path]:
-    """The files :func:`segment_file` writes for ``image`` (the labels' side files included)."""
-    labels = out_dir / f"{image.stem}_labels.{'tif' if georeferenced else 'png'}"
-    paths = {"labels": labels, **(sidecar_paths(labels) if georeferenced else {})}
-    paths["overlay"] = out_dir / f"{image.stem}_overlay.png"
-    if options.scores:
-        paths["scores"] = out_dir / f"{image.stem}_scores.tif"
-    if options.vector:
-        paths["polygons"] = out_dir / f"{image.stem}_labels.{options.vector}"
-    if options.objects:
-        paths["objects"] = out_dir / f"{image.stem}_objects.{options.object_format}"
-    return paths
-
-
-def whole_image_bytes(height: int, width: int, num_names: int, num_classes: int) -> int:
-    """Estimated peak host memory of segmenting ``height x width`` pixels in one piece.
-
-    Per pixel: the source bands as float32 for stretching (12 B), RGB and valid mask
-    (4 B), the per-name logit sums and the view count (``4 (names + 1)`` B), the class
-    logits (``4 classes`` B) and the labels (8 B).
-    """
-    return height * width * (24 + 4 * (num_names + 1) + 4 * num_classes)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def use_windows(
-    path: Path, segmentor: Segmentor, windowed: bool | None, header: ImageHeader | None = None
-) -> bool:
-    """Whether ``path`` is segmented by windows: as asked, else for large sliding-window GeoTIFFs.
-
-    An image too large for the available memory on the whole-image path goes by windows
-    when it can (a GeoTIFF with sliding windows and no zoom, ``windowed`` not False) and
-    is refused in one sentence otherwise.
-
-    ``header`` (from :func:`~ovearth.data.raster.check_image`) saves opening the file again.
-
-    Raises:
-        InputError: windows asked for a PNG/JPEG, or an image too large for memory.
-
-    """
-    is_raster = path.suffix.lower() in RASTER_SUFFIXES
-    if windowed and not is_raster:
-        raise InputError(f"{path}: --windowed reads GeoTIFFs; PNG and JPEG are read whole.")
-    if windowed:
-        return True
-    if header is None:
-        try:
-            header = check_image(path)
-        except InputError:
-            return False  # read whole, where read_image names the problem
-    height, width = header.height, header.width
-    s, vocabulary = segmentor.settings, segmentor.vocabulary
-    can_window = is_raster and s.slide_crop > 0 and s.parsed_zoom is None
-    need = whole_image_bytes(height, width, len(vocabulary.names), len(vocabulary))
-    free = available_memory()
-    if free is not None and need > free:
-        if can_window and windowed is None:
-            logger.warning("%s is too large to hold whole in memory; it is read by windows.", path)
-            return True
-        how = (
-            "read it by windows (--windowed)"
-            if can_window
-            else "read it by windows with --slide-crop 1008 --slide-stride 1008"
-            if is_raster
-            else "convert it to a GeoTIFF and read it by windows (--slide-crop 1008 --slide-stride 1008)"
-        )
-        raise InputError(
-            f"{path}: {height} x {width} pixels need about {need / 2**30:.1f} GB in one piece, more than the "
-            f"{free / 2**30:.1f} GB available; {how}."
-        )
-    if windowed is not None or not is_raster:
-        return False
-    large = height * width > WINDOWED_PIXELS
-    if large and s.slide_crop == 0:
-        logger.warning(
-            "%s is large and squeezed into one view; --slide-crop/--slide-stride would read it by windows.",
-            path,
-        )
-    return large and can_window
-
-
-@dataclass(frozen=True)
-class FilePlan:
-    """What is decided once for one input, before it is read.
-
-    Attributes:
-        windowed: read by windows (:func:`use_windows`: as asked, else by size and memory).
-        table: class names and colours of the outputs (254 unclassified when it can occur).
-
-    """
-
-    windowed: bool
-    table: ClassTable
-
-
-def plan_file(
-    segmentor: Segmentor, path: str | Path, options: FileOptions, header: ImageHeader | None = None
-) -> FilePlan:
-    """Decide :class:`FilePlan` for ``path`` (reads the available memory once).
-
-    Raises:
-        InputError: as :func:`use_windows`.
-
-    """
-    names = segmentor.vocabulary.labels
-    unclassified = segmentor.settings.low_score_label == UNCLASSIFIED_LABEL
-    return FilePlan(
-        windowed=use_windows(Path(path), segmentor, options.windowed, header),
-        table=ClassTable.build(names, palette(len(names)), unclassified),
-    )
-
-
 def segment_file(
     segmentor: Segmentor,
     path: str | Path,
@@ -303,7 +114,7 @@ def segment_file(
         options: how the file is read and what is written (see :class:`FileOptions`).
         on_view: progress callback of windowed runs, ``on_view(done, total)``.
         header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
-        plan: :func:`plan_file` of ``path``, when already decided (else decided here).
+        plan: :func:`plan_file` of ``path`` into ``out_dir``, when already decided (else decided here).
 
     Returns:
         The prediction (a :class:`SceneResult` when windowed) and the written files.
@@ -314,13 +125,15 @@ def segment_file(
     """
     path, out = Path(path), Path(out_dir)
     options = options or FileOptions()
-    plan = plan or plan_file(segmentor, path, options, header)
-    names, table = list(plan.table.names), plan.table
+    plan = plan or plan_file(segmentor, path, out, options, header)
+    names, table, paths = list(plan.table.names), plan.table, plan.outputs
     found: list[Instance] | None = [] if options.objects else None
     if plan.windowed:
-        paths = output_paths(path, out, True, options)
-        with _scores_for_polygons(paths, out) as scores:
-            written = {**paths, "scores": scores} if scores else paths
+        with (
+            _labels_by_windows(paths, out, plan.georeferenced, table) as labels,
+            _scores_for_polygons(paths, out) as scores,
+        ):
+            written = {**paths, "labels": labels, **({"scores": scores} if scores else {})}
             result = segment_scene(
                 segmentor,
                 path,
@@ -334,13 +147,12 @@ def segment_file(
                 table,
             )
             crs, transform = result.crs, result.transform
-            _write_vectors(paths, scores, table, crs, transform, found, options)
+            _write_vectors(paths, labels, scores, table, crs, transform, found, options)
         return result, paths
     image: RasterImage = read_image(path, bands=options.bands, stretch=options.stretch, header=header)
     if not image.valid.any():
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", image.path)
     prediction = segmentor.predict(image.rgb, valid=image.valid, instances=options.objects)
-    paths = output_paths(image.path, out, image.georeferenced, options)
     write_labels(paths["labels"], prediction.labels, image, table, cog=options.cog)
     with atomic_path(paths["overlay"]) as temp:
         overlay(image.rgb, prediction.labels, names).save(temp, format="PNG")
@@ -348,8 +160,33 @@ def segment_file(
         if scores is not None:
             values = scores_for_writing(prediction.class_logits, prediction.valid)
             write_scores(scores, values, names, image, cog=options.cog and "scores" in paths)
-        _write_vectors(paths, scores, table, image.crs, image.transform, prediction.instances, options)
+        labels = paths["labels"]
+        _write_vectors(
+            paths, labels, scores, table, image.crs, image.transform, prediction.instances, options
+        )
     return prediction, paths
+
+
+@contextlib.contextmanager
+def _labels_by_windows(
+    paths: dict[str, Path], out: Path, georeferenced: bool, table: ClassTable
+) -> Iterator[Path]:
+    """Where a windowed run writes its labels GeoTIFF.
+
+    Georeferenced input: the labels output itself. Otherwise a temporary GeoTIFF, turned
+    into the labels PNG by strips once the scene is done (:func:`geotiff_to_palette_png`)
+    and removed with its side files.
+    """
+    if georeferenced:
+        yield paths["labels"]
+        return
+    temp = out / f".{paths['labels'].stem}.by-windows.part.tif"
+    try:
+        yield temp
+        geotiff_to_palette_png(temp, paths["labels"], table)
+    finally:
+        for leftover in (temp, *sidecar_paths(temp).values()):
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -372,6 +209,7 @@ def _scores_for_polygons(paths: dict[str, Path], out: Path) -> Iterator[Path | N
 
 def _write_vectors(
     paths: dict[str, Path],
+    labels: Path,
     scores: Path | None,
     table: ClassTable,
     crs,
@@ -379,10 +217,10 @@ def _write_vectors(
     instances: list[Instance] | None,
     options: FileOptions,
 ) -> None:
-    """The polygons of the labels and the objects layer, as asked."""
+    """The polygons of the labels (read from ``labels``) and the objects layer, as asked."""
     if "polygons" in paths:
         vectorize(
-            paths["labels"],
+            labels,
             paths["polygons"],
             scores=scores,
             table=table,

@@ -103,7 +103,7 @@ def segment_scene(
         cog: write Cloud-Optimized GeoTIFFs (else plain tiles).
         found: when a list, SAM 3's objects of every window are added to it (image
             coordinates, cut to valid pixels, deduplicated across windows).
-        table: the outputs' class table (:class:`~ovearth.run.files.FilePlan`), else built here.
+        table: the outputs' class table (:class:`~ovearth.run.plan.FilePlan`), else built here.
 
     Returns:
         The :class:`SceneResult`.

@@ -35,7 +35,8 @@ from ..data.raster import ImageHeader, check_image
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
-from .files import FileOptions, collect_images, plan_file, segment_file
+from .files import collect_images, segment_file
+from .plan import FileOptions, plan_file
 
 #: ``progress(name, done, total)`` before each input (``done`` inputs finished so far)
 ProgressFn = Callable[[str, int, int], None]
@@ -289,7 +290,7 @@ def _one(
     on_view: ViewFn | None,
     header: ImageHeader | None = None,
 ) -> ImageResult:
-    plan = plan_file(segmentor, file, options, header)  # decided once for this file
+    plan = plan_file(segmentor, file, out, options, header)  # decided once for this file
     windowed = plan.windowed
     key = entry_key(segmentor, file, options, windowed)
     if not options.overwrite and earlier is not None and earlier.get("key") == key:
