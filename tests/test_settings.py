@@ -72,3 +72,17 @@ def test_free_form_classes_get_an_unclassified_label_presets_keep_their_backgrou
     assert load_protocol("potsdam").settings.low_score_label == 5
     with pytest.raises(InputError, match="at most 254"):
         SegmentSettings().check_classes(255)
+
+
+def test_a_segmentor_takes_the_settings_as_made_without_parsing_them_again(tiny, monkeypatch):
+    """Settings are validated and their refine / zoom parsed once, where they were made (issue 23)."""
+    from ovearth import Segmentor, SegmentSettings
+    from ovearth.segment import settings as settings_module
+
+    made = SegmentSettings(refine="smooth:a=0.2", zoom="k=1,scale=2")
+    calls = []
+    real = settings_module.parse_refine
+    monkeypatch.setattr(settings_module, "parse_refine", lambda spec: calls.append(spec) or real(spec))
+    segmentor = Segmentor(tiny, "a;b", settings=made)
+    assert segmentor.settings is made and calls == []
+    assert Segmentor(tiny, "a;b", settings=made, prob_thd=0.2).settings.prob_thd == 0.2 and len(calls) == 1

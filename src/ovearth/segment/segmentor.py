@@ -94,7 +94,8 @@ class Segmentor:
     ) -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model)
         self.vocabulary = classes if isinstance(classes, Vocabulary) else Vocabulary.parse(classes)
-        self.settings = (settings or SegmentSettings()).replace(**overrides)
+        settings = settings or SegmentSettings()  # validated and parsed once, where it was made
+        self.settings = settings.replace(**overrides) if overrides else settings
         self.settings.check_classes(len(self.vocabulary))
         #: ``[K]`` threshold of each class (``prob_thd`` unless ``class_prob_thd`` names it)
         self.thresholds = self.settings.class_thresholds(self.vocabulary.labels)
