@@ -69,6 +69,6 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The peer tests first: under ``pytest -n 2 --dist loadgroup`` their worker (minutes of a
-    full-size model) starts at once while the other takes the rest."""
+    """The peer tests first: under ``pytest -n 2 --dist loadfile`` the worker that takes their
+    file (one full-size model, minutes) starts at once while the other takes the rest."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("peer") else 1)

@@ -193,11 +193,12 @@ def test_settings_options_table_matches_the_commands_and_the_settings_fields():
     from ovearth.cli.benchmarks import eval_
     from ovearth.cli.calibrate import calibrate
     from ovearth.cli.images import segment
+    from ovearth.cli.reproduce import reproduce
     from ovearth.segment.settings import SegmentSettings
 
     fields = {f.name for f in dataclasses.fields(SegmentSettings)}
     derived = {"class_prob_thd"}  # parsed from --prob-thd inside the command (parse_prob_thd)
-    commands = {"segment": segment, "eval": eval_, "calibrate": calibrate}
+    commands = {"segment": segment, "eval": eval_, "calibrate": calibrate, "reproduce": reproduce}
     assert set(SETTINGS_OPTIONS) == set(commands)
     for name, command in commands.items():
         parameters = set(inspect.signature(command).parameters)

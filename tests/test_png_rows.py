@@ -1,4 +1,4 @@
-"""Palette PNGs written by strips equal Pillow's; a non-georeferenced TIFF gets the same labels PNG by windows."""
+"""Palette PNGs by strips equal Pillow's; a TIFF without a CRS gets one labels PNG, whole or by windows."""
 
 from __future__ import annotations
 

@@ -238,6 +238,12 @@ SETTINGS_OPTIONS: dict[str, dict[str, str]] = {
         "presence": "use_presence",
     },
     "eval": _RUN_KNOBS,
+    # every dataset keeps its protocol's thresholds: the run-wide knobs only
+    "reproduce": {
+        name: field
+        for name, field in _RUN_KNOBS.items()
+        if name not in ("confidence_threshold", "prob_thd", "class_prob_thd")
+    },
     "calibrate": {
         name: _RUN_KNOBS[name] for name in ("refine", "refine_at", "refine_for", "precision", "prompt_form")
     },
