@@ -15,7 +15,8 @@ from rasterio.transform import Affine
 
 from ovearth.data import cog
 from ovearth.data.legend import ClassTable
-from ovearth.data.raster import RasterImage, read_image, write_labels, write_scores
+from ovearth.data.raster import RasterImage, read_image
+from ovearth.data.raster_write import write_labels, write_scores
 from ovearth.data.scene import GDAL_CACHE_MB, SceneWriter
 from ovearth.viz import palette
 

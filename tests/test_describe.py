@@ -19,7 +19,8 @@ from PIL import Image
 from ovearth.data.describe import RAT_COLUMNS, pam_xml, qgis_style, sidecar_paths
 from ovearth.data.legend import ClassTable, read_class_table
 from ovearth.data.output import is_own_output
-from ovearth.data.raster import read_image, write_labels, write_scores
+from ovearth.data.raster import read_image
+from ovearth.data.raster_write import write_labels, write_scores
 from ovearth.viz import palette
 
 NAMES = ["building", "road & path", "tree <tall>"]  # characters XML must escape

@@ -6,7 +6,8 @@ import rasterio
 
 from ovearth.data.atomic import atomic_path
 from ovearth.data.legend import ClassTable
-from ovearth.data.raster import check_image, parse_bands, read_image, to_uint8, write_labels, write_scores
+from ovearth.data.raster import check_image, parse_bands, read_image, to_uint8
+from ovearth.data.raster_write import write_labels, write_scores
 from ovearth.errors import InputError
 from ovearth.viz import palette
 

@@ -168,3 +168,43 @@ def test_cli_windowed_scene(monkeypatch, capsys, tiny_dir, tmp_path):
     assert record["images"][0]["views"] == 3 * 3
     with rasterio.open(tmp_path / "out" / "scene_labels.tif") as out:
         assert out.shape == (300, 260) and out.crs == CRS.from_epsg(32633)
+
+
+@pytest.mark.parametrize(("crop", "stride", "side"), [(256, 192, 250), (100, 100, 1000)])
+def test_windowed_run_reads_each_window_once_and_its_overlay_is_the_scenes(
+    tiny, tmp_path, monkeypatch, crop, stride, side
+):
+    """The rows are finished from the windows' reads (no second read); valid pixels and the
+    quick-look equal those of the whole scene read at once (a step of 3 and of 1)."""
+    from ovearth.run import scene as scene_run
+
+    path = write_scene(tmp_path / "scene.tif", 700, 600)
+    monkeypatch.setattr(scene_run, "MAX_OVERLAY_SIDE", side)
+    pictures = []
+    draw = scene_run.overlay
+
+    def kept(rgb, labels, names):
+        pictures.append((rgb, labels))
+        return draw(rgb, labels, names)
+
+    monkeypatch.setattr(scene_run, "overlay", kept)
+    reads = []
+    read = SceneReader.read
+
+    def counted(self, y1, y2, x1, x2):
+        reads.append((y1, y2, x1, x2))
+        return read(self, y1, y2, x1, x2)
+
+    monkeypatch.setattr(SceneReader, "read", counted)
+    seg = Segmentor(tiny, CLASSES, slide_crop=crop, slide_stride=stride, prob_thd=0.3)
+    paths = {"labels": tmp_path / "l.tif", "overlay": tmp_path / "o.png"}
+    result = scene_run.segment_scene(seg, path, paths)
+    assert len(reads) == result.views  # one read per window, none to finish the rows
+    whole = read_image(path)
+    with rasterio.open(paths["labels"]) as src:
+        labels = src.read(1)
+    np.testing.assert_array_equal(labels == 255, ~whole.valid)
+    step = -(-700 // side)
+    ((rgb, small),) = pictures
+    np.testing.assert_array_equal(rgb, whole.rgb[::step, ::step])
+    np.testing.assert_array_equal(small, labels[::step, ::step])

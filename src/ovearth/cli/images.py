@@ -45,7 +45,11 @@ from .app import (
 @app.command()
 def segment(
     images: Annotated[
-        list[Path], typer.Argument(help="Image files (GeoTIFF, PNG, JPEG) or folders of them.")
+        list[str],
+        typer.Argument(
+            help="Image files (GeoTIFF, PNG, JPEG), folders of them, https:// or s3:// GeoTIFFs (read by "
+            "ranges), or STAC items (.json file or URL)."
+        ),
     ],
     output: OutputOption,
     classes: ClassesOption = None,
@@ -146,6 +150,9 @@ def segment(
             "default: by windows above 64 M pixels when sliding.",
         ),
     ] = None,
+    stac_asset: Annotated[
+        str | None, typer.Option(help="The asset of STAC item inputs to segment (default: visual).")
+    ] = None,
     skip_bad: SkipBadOption = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo images whose outputs exist with the same settings.")
@@ -199,7 +206,7 @@ def segment(
         def on_view(done: int, total: int) -> None:
             bar.update(views, completed=done, total=total, visible=True)
 
-        run = segment_images(images, output, make_segmentor, options, record, progress, on_view)
+        run = segment_images(images, output, make_segmentor, options, record, progress, on_view, stac_asset)
         bar.update(task, completed=len(run.images))
     plain.finish(len(run.images))
     if is_main_process():

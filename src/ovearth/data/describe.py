@@ -1,7 +1,7 @@
 """Labels and scores rasters that describe themselves, in the file and beside it.
 
 :func:`open_labels` and :func:`open_scores` open the GeoTIFFs that
-:func:`~ovearth.data.raster.write_labels`, :func:`~ovearth.data.raster.write_scores` and
+:func:`~ovearth.data.raster_write.write_labels`, :func:`~ovearth.data.raster_write.write_scores` and
 :class:`~ovearth.data.scene.SceneWriter` write (layout: :mod:`ovearth.data.cog`), and
 describe them in the file (:func:`describe_labels`, :func:`describe_scores`):
 

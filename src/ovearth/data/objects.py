@@ -9,16 +9,17 @@ x_max, y_max`` in CRS coordinates (the mask's extent).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import rasterio
-import rasterio.features
 import shapely
-from shapely.geometry import shape
 
 from ..segment.instances import Instance
-from .vector_io import write_vector
+from .pixel_polygons import region_polygons
+from .vector_io import VectorWriter, write_vector
 from .vectorize import pixel_area_m2, to_crs_coordinates
 
 #: the fields of an objects layer, in order
@@ -35,33 +36,38 @@ OBJECT_FIELDS = (
     "y_max",
 )
 
+#: Objects written at a time by :func:`write_objects` (memory: one batch of masks and polygons).
+OBJECT_BATCH = 1000
+
 
 def instance_polygon(instance: Instance) -> shapely.Geometry:
     """The instance's mask as a (Multi)Polygon in image pixel coordinates (column, row)."""
     x1, y1 = instance.box[0], instance.box[1]
     mask = instance.mask.astype(np.uint8)
-    offset = rasterio.Affine.translation(x1, y1)
-    parts = [
-        shape(geom) for geom, _ in rasterio.features.shapes(mask, mask=mask.astype(bool), transform=offset)
-    ]
-    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+    _, parts = region_polygons(mask, mask.astype(bool), rasterio.Affine.translation(x1, y1))
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(list(parts))
 
 
 def write_objects(
     path: str | Path,
-    instances: list[Instance],
+    instances: Iterable[Instance],
     class_names: list[str],
     crs: rasterio.crs.CRS | None,
     transform: rasterio.Affine | None,
+    batch_size: int = OBJECT_BATCH,
 ) -> int:
     """Write ``instances`` as a vector layer (format by suffix, see :func:`write_vector`).
 
     Args:
         path: ``.gpkg``, ``.geojson`` or ``.parquet``.
-        instances: in image pixel coordinates.
+        instances: in image pixel coordinates; any iterable (an
+            :class:`~ovearth.segment.instances.ObjectSpill` reads them from disk), taken
+            ``batch_size`` at a time, so memory holds one batch.
         class_names: name of each class index.
         crs: the raster's CRS (None: pixel coordinates, no CRS).
         transform: pixel -> CRS affine transform (None: identity).
+        batch_size: features written at a time. Up to one batch the file is written in one
+            go; the features (and a GeoJSON's bytes) do not depend on it.
 
     Returns:
         The number of features written.
@@ -69,6 +75,30 @@ def write_objects(
     """
     transform = transform or rasterio.Affine.identity()
     pixel_area, _ = pixel_area_m2(crs, transform)
+    batches = _batches(instances, batch_size)
+    first = next(batches, [])
+    geoms, columns = _features(first, class_names, transform, pixel_area)
+    if len(first) < batch_size:
+        write_vector(path, geoms, columns, crs, layer="objects", geometry_type="MultiPolygon")
+        return len(first)
+    fields = {name: np.asarray(values).dtype for name, values in columns.items()}
+    with VectorWriter(path, fields, crs, layer="objects", geometry_type="MultiPolygon") as writer:
+        writer.write(geoms, columns)
+        for batch in batches:
+            writer.write(*_features(batch, class_names, transform, pixel_area))
+    return writer.features
+
+
+def _batches(instances: Iterable[Instance], size: int) -> Iterator[list[Instance]]:
+    iterator = iter(instances)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _features(
+    instances: list[Instance], class_names: list[str], transform: rasterio.Affine, pixel_area: float | None
+) -> tuple[np.ndarray, dict]:
+    """Geometries (CRS coordinates) and the :data:`OBJECT_FIELDS` of ``instances``."""
     geoms = to_crs_coordinates(transform, np.array([instance_polygon(i) for i in instances], dtype=object))
     bounds = shapely.bounds(geoms) if len(geoms) else np.zeros((0, 4))
     columns = {
@@ -83,5 +113,4 @@ def write_objects(
         "x_max": bounds[:, 2],
         "y_max": bounds[:, 3],
     }
-    write_vector(path, geoms, columns, crs, layer="objects", geometry_type="MultiPolygon")
-    return len(instances)
+    return geoms, columns

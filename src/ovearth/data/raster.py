@@ -32,9 +32,7 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 
 from ..errors import InputError
-from .atomic import atomic_path
-from .describe import open_labels, open_scores, palette_png, png_alpha, write_sidecars
-from .legend import ClassTable
+from .remote import RemoteRaster, gdal_options, is_remote, remote_input, remote_problem
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -87,6 +85,15 @@ def parse_bands(spec: str | tuple[int, ...] | None) -> tuple[int, int, int] | No
     return bands  # type: ignore[return-value]
 
 
+def as_input(path: str | Path | RemoteRaster) -> Path | RemoteRaster:
+    """An input as ovearth holds it: a :class:`RemoteRaster` for URLs, else a ``Path``."""
+    if isinstance(path, RemoteRaster):
+        return path
+    if is_remote(path):
+        return remote_input(str(path))
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What an image's header says, read once before any pixel (see :func:`check_image`).
@@ -128,8 +135,8 @@ def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> 
             choice the file cannot satisfy.
 
     """
-    path = Path(path)
-    if not path.is_file():
+    path = as_input(path)
+    if not isinstance(path, RemoteRaster) and not path.is_file():
         raise InputError(f"{path}: no such file.")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -145,11 +152,13 @@ def check_image(path: str | Path, bands: tuple[int, int, int] | None = None) -> 
             raise InputError(f"{path}: --bands applies to GeoTIFFs; PNG and JPEG are read as RGB.")
         return ImageHeader(path=path, height=size[1], width=size[0], bands=None)
     try:
-        with rasterio.open(path) as dataset:
+        with gdal_options(path), rasterio.open(path) as dataset:
             chosen = _choose_bands(path, dataset, bands)
             crs = dataset.crs is not None
             return ImageHeader(path, dataset.height, dataset.width, chosen, georeferenced=crs)
     except RasterioError as error:
+        if isinstance(path, RemoteRaster):
+            raise remote_problem(path, error) from None
         raise InputError(f"{path}: not a readable raster ({error}).") from None
 
 
@@ -194,7 +203,7 @@ def read_image(
         InputError: see :func:`check_image`; also unreadable pixel data.
 
     """
-    path = Path(path)
+    path = as_input(path)
     chosen = (header or check_image(path, bands)).bands
     if chosen is None:
         try:
@@ -204,7 +213,7 @@ def read_image(
             raise InputError(f"{path}: the pixel data cannot be decoded ({error}).") from None
         return RasterImage(path=path, rgb=rgb, valid=np.ones(rgb.shape[:2], bool))
     try:
-        with rasterio.open(path) as dataset:
+        with gdal_options(path), rasterio.open(path) as dataset:
             data, valid = read_bands(dataset, chosen, path)
             crs, transform = dataset.crs, dataset.transform
     except RasterioError as error:
@@ -367,56 +376,3 @@ def apply_stretch(data: np.ndarray, limits: list[tuple[float, float]]) -> np.nda
         with np.errstate(over="ignore", invalid="ignore"):  # huge finite values clip to 255
             out[b] = np.clip(np.round((band - low) * scale), 0, 255).astype(np.uint8)
     return out
-
-
-def write_labels(
-    path: str | Path, labels: np.ndarray, image: RasterImage, table: ClassTable, cog: bool = True
-) -> None:
-    """Write class labels: a GeoTIFF keeping CRS and transform, else a palette PNG; atomically.
-
-    The GeoTIFF (a Cloud-Optimized GeoTIFF unless ``cog`` is False, see
-    :mod:`ovearth.data.cog`) has nodata 255, the colour table of ``table``, the band
-    description ``class`` and the table as tags; its GDAL and QGIS sidecars are written
-    beside it (:mod:`ovearth.data.describe`). The PNG's palette is ``table``'s colours,
-    value 255 transparent.
-
-    Args:
-        path: output file (``.tif`` for georeferenced input, ``.png`` otherwise).
-        labels: ``[H, W]`` uint8 class indices; 254 unclassified, 255 nodata.
-        image: the source image (georeferencing).
-        table: names and colours of the values.
-        cog: COG layout (tiles 512, overviews); False: plain tiled GeoTIFF.
-
-    """
-    path = Path(path)
-    if path.suffix.lower() not in RASTER_SUFFIXES:
-        with atomic_path(path) as temp:
-            palette_png(labels, table).save(temp, format="PNG", transparency=png_alpha(table))
-        return
-    with atomic_path(path) as temp:
-        with open_labels(temp, labels.shape, table, image.crs, image.transform, cog) as out:
-            out.write(labels, 1)
-        write_sidecars(path, table)
-
-
-def write_scores(
-    path: str | Path, scores: np.ndarray, names: list[str], image: RasterImage, cog: bool = True
-) -> None:
-    """Write fused class scores as a float32 GeoTIFF, one band per class named after it; atomically.
-
-    Args:
-        path: output ``.tif``.
-        scores: ``[K, H, W]`` class scores in ``[0, 1]``, NaN where the input has no data.
-        names: the ``K`` class names (band descriptions).
-        image: the source image (georeferencing, if any).
-        cog: COG layout (see :func:`write_labels`).
-
-    Raises:
-        ValueError: not one name per class.
-
-    """
-    if len(names) != len(scores):
-        raise ValueError(f"{len(names)} class names for {len(scores)} score bands")
-    with atomic_path(path) as temp:
-        with open_scores(temp, scores.shape[1:], names, image.crs, image.transform, cog) as out:
-            out.write(scores.astype(np.float32, copy=False))

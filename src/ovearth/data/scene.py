@@ -30,12 +30,14 @@ from .raster import (
     RASTER_SUFFIXES,
     ImageHeader,
     apply_stretch,
+    as_input,
     check_image,
     needs_statistics,
     read_bands,
     sample_step,
     stretch_limits,
 )
+from .remote import gdal_options
 
 #: Rows per read in the statistics passes (a strip of the scene, all columns).
 STATS_ROWS = 512
@@ -76,11 +78,17 @@ class SceneReader:
         stretch: str = "percentile",
         header: ImageHeader | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = as_input(path)
         if self.path.suffix.lower() not in RASTER_SUFFIXES:
             raise InputError(f"{self.path}: windowed reading needs a GeoTIFF; PNG and JPEG are read whole.")
         self.bands = (header or check_image(self.path, bands)).bands
-        self._dataset = rasterio.open(self.path)
+        self._open = contextlib.ExitStack()  # GDAL's remote settings stay while the raster is open
+        self._open.enter_context(gdal_options(self.path))
+        try:
+            self._dataset = self._open.enter_context(rasterio.open(self.path))
+        except BaseException:
+            self._open.close()
+            raise
         data = self._dataset
         self.height, self.width = data.height, data.width
         self.crs = data.crs
@@ -99,7 +107,7 @@ class SceneReader:
 
     def close(self) -> None:
         """Close the raster."""
-        self._dataset.close()
+        self._open.close()
 
     def read_raw(self, y1: int, y2: int, x1: int, x2: int) -> tuple[np.ndarray, np.ndarray]:
         """``([3, h, w] band data, [h, w] valid)`` of ``[y1:y2, x1:x2]``, before stretching.

@@ -35,13 +35,13 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.errors import RasterioError
-from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
 
 from ..constants import NODATA_LABEL, UNCLASSIFIED_LABEL
 from ..errors import InputError
 from .legend import ClassTable, read_class_table
+from .pixel_polygons import region_polygons
 from .vector_io import VectorWriter, check_vector_path
 
 logger = logging.getLogger(__name__)
@@ -350,9 +350,8 @@ def _strip_rows(src) -> int:
 
 def _strip_polygons(ids: np.ndarray, row0: int) -> Iterator[tuple[int, shapely.Polygon]]:
     """(id, polygon) of every piece of a strip, in pixel coordinates (GDAL Polygonize, 4-connected)."""
-    offset = rasterio.Affine.translation(0, row0)
-    for geometry, local in shapes(ids, mask=ids > 0, connectivity=4, transform=offset):
-        yield int(local), shapely.geometry.shape(geometry)
+    values, polygons = region_polygons(ids, ids > 0, rasterio.Affine.translation(0, row0))
+    return zip(values, polygons, strict=True)
 
 
 def _check_values(values: np.ndarray, classes: int, path: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..constants import UNCLASSIFIED_LABEL
 from ..data.legend import ClassTable
 from ..data.protocols import protocol_yaml
-from ..data.raster import write_labels, write_scores
+from ..data.raster_write import write_labels, write_scores
 from ..model.load import LoadedModel
 from ..run.plan import FileOptions, output_paths
 from ..segment.fusion import scores_for_writing

@@ -22,6 +22,7 @@ so the metrics equal those of one process.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import Sample, SegmentationDataset
 from ..data.legend import ClassTable
 from ..data.output import remove_stale_parts
-from ..data.raster import write_labels
+from ..data.raster_write import write_labels
 from ..environment import torchrun
 from ..metrics import compute_metrics, confusion_matrix
 from ..segment.segmentor import Segmentor
@@ -51,6 +52,11 @@ logger = logging.getLogger(__name__)
 
 #: ``progress(done, total, running_miou)`` called after each image (rank 0 only).
 ProgressFn = Callable[[int, int, float], None]
+
+
+#: how long a process waits for the others at a collective (a scene or a file of another
+#: process may take hours; torchrun stops every process when one fails)
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=24)
 
 
 @dataclass
@@ -75,7 +81,7 @@ class Shard:
         here = False
         if not dist.is_initialized():
             backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
             here = True
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), initialized_here=here)
 

@@ -34,14 +34,9 @@ from ..data.legend import ClassTable
 from ..data.objects import write_objects
 from ..data.output import is_own_output
 from ..data.png_rows import geotiff_to_palette_png
-from ..data.raster import (
-    IMAGE_SUFFIXES,
-    ImageHeader,
-    RasterImage,
-    read_image,
-    write_labels,
-    write_scores,
-)
+from ..data.raster import IMAGE_SUFFIXES, ImageHeader, RasterImage, as_input, read_image
+from ..data.raster_write import write_labels, write_scores
+from ..data.remote import RemoteRaster, is_remote, remote_input
 from ..data.vectorize import vectorize
 from ..errors import InputError
 from ..segment.fusion import scores_for_writing
@@ -50,25 +45,34 @@ from ..segment.segmentor import Prediction, Segmentor
 from ..viz import overlay
 from .plan import FileOptions, FilePlan, plan_file
 from .scene import SceneResult, segment_scene
+from .scene_split import ScenePart
 
 logger = logging.getLogger(__name__)
 
 
-def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = None) -> list[Path]:
-    """Expand files and folders into the list of image files, in order.
+def collect_images(
+    inputs: Iterable[str | Path], out_dir: str | Path | None = None, stac_asset: str | None = None
+) -> list[Path | RemoteRaster]:
+    """Expand files, folders, URLs and STAC items into the list of images, in order.
 
     Folders contribute their GeoTIFF, PNG and JPEG files (not recursive), sorted; hidden
     files (``.DS_Store``, ``._scene.tif``, temporary ``.*.part`` files) are skipped, and so,
     in a folder that is also the output folder ``out_dir``, are ``segment``'s own outputs
     (``<stem>_labels``, ``_overlay``, ``_scores``...), so a second run does not segment them.
+    ``https://`` / ``s3://`` GeoTIFFs and STAC items (``.json``, a file or a URL; the asset
+    ``stac_asset``) become :class:`~ovearth.data.remote.RemoteRaster` inputs, read remotely.
 
     Raises:
         InputError: a path that does not exist, a folder without images, or no input.
+        RemoteError: a malformed URL, an unreachable STAC item, a missing asset.
 
     """
-    files: list[Path] = []
+    files: list[Path | RemoteRaster] = []
     out = Path(out_dir).resolve() if out_dir is not None else None
     for item in inputs:
+        if is_remote(item) or str(item).lower().endswith(".json"):
+            files.append(remote_input(str(item), stac_asset))
+            continue
         path = Path(item)
         if path.is_dir():
             own = out is not None and path.resolve() == out
@@ -89,6 +93,10 @@ def collect_images(inputs: Iterable[str | Path], out_dir: str | Path | None = No
             raise InputError(f"{path}: no such file.")
     if not files:
         raise InputError("No input image given.")
+    if stac_asset is not None and not any(
+        str(f).lower().endswith(f".json#{stac_asset}".lower()) for f in files
+    ):
+        raise InputError(f"--stac-asset {stac_asset} applies to STAC items (.json), and no input is one.")
     stems = [f.stem for f in files]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:
@@ -104,6 +112,7 @@ def segment_file(
     on_view: Callable[[int, int], None] | None = None,
     header: ImageHeader | None = None,
     plan: FilePlan | None = None,
+    part: ScenePart | None = None,
 ) -> tuple[Prediction | SceneResult, dict[str, Path]]:
     """Read, segment and write one image.
 
@@ -115,6 +124,9 @@ def segment_file(
         on_view: progress callback of windowed runs, ``on_view(done, total)``.
         header: :func:`~ovearth.data.raster.check_image` of ``path``, when already read.
         plan: :func:`plan_file` of ``path`` into ``out_dir``, when already decided (else decided here).
+        part: this process's share of a scene that every torchrun process takes
+            (:mod:`~ovearth.run.scene_split`; windowed plans only): process 0 writes the
+            outputs, the others only their part.
 
     Returns:
         The prediction (a :class:`SceneResult` when windowed) and the written files.
@@ -123,11 +135,16 @@ def segment_file(
         InputError: unreadable input.
 
     """
-    path, out = Path(path), Path(out_dir)
+    path, out = as_input(path), Path(out_dir)
     options = options or FileOptions()
     plan = plan or plan_file(segmentor, path, out, options, header)
     names, table, paths = list(plan.table.names), plan.table, plan.outputs
     found: list[Instance] | None = [] if options.objects else None
+    if plan.windowed and part is not None and part.rank > 0:  # a band into part files; no output here
+        scored = "scores" in paths or "polygons" in paths
+        wanted = {**paths, "scores": paths.get("scores", paths["labels"])} if scored else paths
+        args = (options.bands, options.stretch, on_view, header, options.cog, None, table)
+        return segment_scene(segmentor, path, wanted, *args, part=part), paths  # type: ignore[call-arg]
     if plan.windowed:
         with (
             _labels_by_windows(paths, out, plan.georeferenced, table) as labels,

@@ -21,7 +21,7 @@ from typing import Any
 from ..constants import UNCLASSIFIED_LABEL
 from ..data.describe import sidecar_paths
 from ..data.legend import ClassTable
-from ..data.raster import RASTER_SUFFIXES, ImageHeader, check_image, parse_stretch
+from ..data.raster import RASTER_SUFFIXES, ImageHeader, as_input, check_image, parse_stretch
 from ..data.vector_io import VECTOR_SUFFIXES
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
@@ -216,7 +216,7 @@ def plan_file(
         InputError: as :func:`use_windows`.
 
     """
-    path = Path(path)
+    path = as_input(path)
     if header is None:
         with contextlib.suppress(InputError):  # else read whole, where read_image names the problem
             header = check_image(path, options.bands)
@@ -228,4 +228,26 @@ def plan_file(
         georeferenced=georeferenced,
         outputs=output_paths(path, Path(out_dir), georeferenced, options),
         table=ClassTable.build(names, palette(len(names)), unclassified),
+    )
+
+
+def shares_scene(path: Path, header: ImageHeader | None, segmentor: Segmentor, options: FileOptions) -> bool:
+    """Whether every torchrun process takes a part of ``path`` (:mod:`ovearth.run.scene_split`).
+
+    Decided alike in every process, without the memory available (which may differ): a
+    GeoTIFF read by windows as asked (``windowed=True``) or for its size (more than
+    :data:`~ovearth.run.scene.WINDOWED_PIXELS` pixels), with sliding windows, no zoom and
+    no objects (their deduplication needs every window in one process). A GeoTIFF read by
+    windows only because it does not fit the memory goes to one process.
+    """
+    if header is None:
+        try:
+            header = check_image(path, options.bands)
+        except InputError:
+            return False  # refused by the process that reads it
+    s = segmentor.settings
+    if not header.is_raster or s.slide_crop == 0 or s.parsed_zoom is not None or options.objects:
+        return False
+    return options.windowed is True or (
+        options.windowed is None and header.height * header.width > WINDOWED_PIXELS
     )

@@ -9,7 +9,11 @@ reference's averaging rule), then class max, thresholds and labels as in
 buffer. The output therefore equals the whole-image output bit for bit (tested).
 
 Memory: the buffer holds ``P`` names x ``crop + 256`` rows x the scene width in float32,
-allocated once; rows are finished 64 at a time; GDAL's block cache is capped at
+allocated once, and the valid mask of those rows (one byte a pixel) with the quick-look's
+samples: rows are finished from what the windows read, so each pixel is read and
+stretched once per covering window and never again. Rows are finished 64 at a time;
+with objects (``found``), an :class:`~ovearth.segment.instances.ObjectSpill` keeps the
+settled ones on disk. GDAL's block cache is capped at
 :data:`~ovearth.data.scene.GDAL_CACHE_MB`. Memory grows with the scene's width, never
 with its height or area.
 
@@ -41,7 +45,7 @@ from ..errors import InputError
 from ..model.preprocess import to_chw_uint8
 from ..segment.accumulate import RowBuffer, run_windows, window_rows
 from ..segment.fusion import finish, names_to_classes, scores_for_writing
-from ..segment.instances import Instance, StreamingDedup, restricted, shifted
+from ..segment.instances import Instance, ObjectSpill, StreamingDedup, restricted, shifted
 from ..segment.segmentor import Segmentor
 from ..segment.views import ViewOutput
 from ..segment.windows import Window, tiles_without_overlap, views_for
@@ -86,7 +90,7 @@ def segment_scene(
     on_view: Callable[[int, int], None] | None = None,
     header: ImageHeader | None = None,
     cog: bool = True,
-    found: list[Instance] | None = None,
+    found: list[Instance] | ObjectSpill | None = None,
     table: ClassTable | None = None,
 ) -> SceneResult:
     """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"scores"``, ``"overlay"``).
@@ -102,7 +106,10 @@ def segment_scene(
         on_view: called as ``on_view(done, total)`` after each window (progress).
         cog: write Cloud-Optimized GeoTIFFs (else plain tiles).
         found: when a list, SAM 3's objects of every window are added to it (image
-            coordinates, cut to valid pixels, deduplicated across windows).
+            coordinates, cut to valid pixels, deduplicated across windows); when an
+            :class:`~ovearth.segment.instances.ObjectSpill`, they are written to it as
+            they settle, so memory holds only the objects later windows may still meet
+            (iterate it afterwards, e.g. into :func:`~ovearth.data.objects.write_objects`).
         table: the outputs' class table (:class:`~ovearth.run.plan.FilePlan`), else built here.
 
     Returns:
@@ -131,13 +138,16 @@ def segment_scene(
         presence = torch.zeros(len(segmentor.vocabulary.names))
         done = skipped = 0
         quick = _QuickLook(height, width)
+        seen = _ReadRows(buffer.count.shape[0], width, quick.step)
         table = table or ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
-        objects = StreamingDedup()  # holds only the instances later windows may still meet
+        # holds only the instances later windows may still meet (and, without a spill, the kept ones)
+        objects = StreamingDedup(spill=found if isinstance(found, ObjectSpill) else None)
         with SceneWriter(paths["labels"], reader, table, paths.get("scores"), names, cog=cog) as writer:
             valids: dict[Window, np.ndarray] = {}  # of the windows read and not yet added
 
             def read(window: Window) -> Tensor | None:
                 rgb, valid = reader.read(*window)
+                seen.add(window, rgb, valid)  # the rows are finished from these, not read again
                 if disjoint and not valid.any():
                     return None  # all nodata (255) whatever it would predict
                 valids[window] = valid
@@ -169,11 +179,14 @@ def segment_scene(
                 if found is not None and r < len(rows) - 1:
                     objects.settle(rows[r + 1][0].y1)  # later instances start at or below that row
                 if final > buffer.top:
-                    _finish_rows(segmentor, reader, writer, buffer, final, quick, "scores" in paths)
+                    _finish_rows(segmentor, seen, writer, buffer, final, quick, "scores" in paths)
                     buffer.drop(final)
+                    seen.drop(final)
                 release_free_memory()
-    if found is not None:
+    if isinstance(found, list):
         found.extend(objects.finish())
+    elif found is not None:
+        objects.finish()  # the last rows' objects into the spill
     if not quick.any_valid:
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", path)
     with atomic_path(paths["overlay"]) as temp:
@@ -211,7 +224,7 @@ FINISH_ROWS = 64
 
 def _finish_rows(
     segmentor: Segmentor,
-    reader: SceneReader,
+    seen: _ReadRows,
     writer: SceneWriter,
     buffer: RowBuffer,
     final: int,
@@ -223,13 +236,58 @@ def _finish_rows(
     vocabulary = segmentor.vocabulary
     for y in range(buffer.top, final, FINISH_ROWS):
         y_end = min(y + FINISH_ROWS, final)
-        rgb, valid = reader.read(y, y_end, 0, reader.width)
+        samples, valid = seen.rows(y, y_end)
         low = s.low_score_label
         class_logits, labels = finish(
             buffer.mean(y, y_end), valid, vocabulary.name_class, len(vocabulary), segmentor.thresholds, low
         )
         writer.write_rows(y, labels, scores_for_writing(class_logits, valid) if scores else None)
-        quick.add(y, rgb, labels, valid)
+        quick.add(y, samples, labels, valid)
+
+
+class _ReadRows:
+    """What the window reads saw of the buffered scene rows ``[top, top + capacity)``.
+
+    ``valid`` ``[capacity, W]`` bool (False on nodata, and where no window was read yet)
+    and the quick-look's samples of the RGB: ``[capacity, ceil(W / step), 3]`` uint8, set
+    on the rows ``y % step == 0`` at the columns ``x % step == 0``. Every pixel reads alike
+    in any window (the stretch is the scene's), so the rows are finished from what the
+    windows read, without reading the scene a second time.
+    """
+
+    def __init__(self, capacity: int, width: int, step: int) -> None:
+        self.valid = np.zeros((capacity, width), bool)
+        self.samples = np.zeros((capacity, math.ceil(width / step), 3), np.uint8)
+        self.step = step
+        self.top = 0
+
+    def add(self, window: Window, rgb: np.ndarray, valid: np.ndarray) -> None:
+        """Keep a window's ``[h, w] valid`` and the samples of its ``[h, w, 3] rgb``."""
+        y1, x1, step = window.y1 - self.top, window.x1, self.step
+        self.valid[y1 : y1 + valid.shape[0], x1 : x1 + valid.shape[1]] = valid
+        first_y, first_x = (-window.y1) % step, (-x1) % step
+        picked = rgb[first_y::step, first_x::step]
+        column = (x1 + first_x) // step
+        self.samples[y1 + first_y : y1 + rgb.shape[0] : step, column : column + picked.shape[1]] = picked
+
+    def rows(self, y1: int, y2: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(samples, valid)`` of rows ``y1 .. y2``.
+
+        ``samples``: ``[n, ceil(W / step), 3]``, the rows ``y % step == 0``; ``valid``: ``[y2 - y1, W]``.
+        Both are views of rows that :meth:`drop` moves.
+        """
+        first = (-y1) % self.step
+        return self.samples[y1 - self.top + first : y2 - self.top : self.step], self.valid[
+            y1 - self.top : y2 - self.top
+        ]
+
+    def drop(self, upto: int) -> None:
+        """Forget the rows above ``upto``; the rows then start there."""
+        n = upto - self.top
+        for plane in (self.valid, self.samples):
+            plane[: len(plane) - n] = plane[n:].copy()
+            plane[len(plane) - n :] = 0
+        self.top = upto
 
 
 class _QuickLook:
@@ -241,9 +299,10 @@ class _QuickLook:
         self.labels: list[np.ndarray] = []
         self.any_valid = False
 
-    def add(self, y: int, rgb: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> None:
+    def add(self, y: int, samples: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> None:
+        """Rows ``y .. y + len(labels)``: their RGB ``samples`` (:meth:`_ReadRows.rows`), labels and valid."""
         first = (-y) % self.step
-        self.rgb.append(rgb[first :: self.step, :: self.step])
+        self.rgb.append(samples.copy())  # a view of rows that will be dropped
         self.labels.append(labels[first :: self.step, :: self.step])
         self.any_valid |= bool(valid.any())
 

@@ -10,9 +10,12 @@
 * **Nothing lost.** ``run.json`` is rewritten (atomically) after every image, and also when
   the run stops on an error, with the error (unless nothing was written at all: a run
   that fails on its first input leaves no file); outputs are written atomically.
-* **torchrun.** Under ``torchrun`` (``WORLD_SIZE > 1``) each rank takes every
-  ``world_size``-th input and writes its outputs; rank 0 gathers the entries and writes
-  the merged ``run.json`` in input order.
+* **torchrun.** Under ``torchrun`` (``WORLD_SIZE > 1``) a scene read by windows for its
+  size (or with ``windowed=True``; :func:`~ovearth.run.plan.shares_scene`) is shared by
+  every process, its rows divided among them (:mod:`ovearth.run.scene_split`; outputs
+  equal to one process's); every other input goes to one process, each rank taking every
+  ``world_size``-th of them. Rank 0 gathers the entries and writes the merged
+  ``run.json`` in input order.
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ import torch.distributed as dist
 
 from ..data.atomic import write_text_atomic
 from ..data.output import remove_stale_parts
-from ..data.raster import ImageHeader, check_image
+from ..data.raster import ImageHeader, as_input, check_image
+from ..data.remote import RemoteError, RemoteRaster, is_remote
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
 from .evaluate import Shard
 from .files import collect_images, segment_file
-from .plan import FileOptions, plan_file
+from .plan import FileOptions, plan_file, shares_scene
+from .scene_split import ScenePart
 
+#: divide the rows of a large scene among torchrun's processes (not wired yet: issue 24)
+SHARE_SCENES = False
 #: ``progress(name, done, total)`` before each input (``done`` inputs finished so far)
 ProgressFn = Callable[[str, int, int], None]
 #: ``on_view(done, total)`` during an input read by windows
@@ -134,7 +141,7 @@ def check_files(files: list[Path], options: FileOptions) -> tuple[list[ImageHead
     for file in files:
         try:
             good.append(check_image(file, options.bands))
-        except InputError as error:
+        except (InputError, RemoteError) as error:
             if not options.skip_bad:
                 raise
             skipped.append({"image": str(file), "problem": str(error)})
@@ -162,6 +169,7 @@ def segment_images(
     record: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     on_view: ViewFn | None = None,
+    stac_asset: str | None = None,
 ) -> SegmentRun:
     """Segment image files and folders into ``out_dir``: what ``ovearth segment`` does.
 
@@ -181,13 +189,15 @@ def segment_images(
             second; the rest after the segmentor's own :meth:`~Segmentor.record`).
         progress: called before each input (see :func:`segment_files`).
         on_view: progress of an input read by windows.
+        stac_asset: the asset read from STAC items (default ``visual``).
 
     Raises:
         InputError: a bad input (unless ``options.skip_bad``) or bad settings.
+        RemoteError: a remote input or STAC item that cannot be reached or found.
 
     """
     options = options or FileOptions()
-    headers, skipped = check_files(collect_images(images, out_dir), options)
+    headers, skipped = check_files(collect_images(images, out_dir, stac_asset), options)
     if not isinstance(segmentor, Segmentor):
         segmentor = segmentor()
     described, extra = segmentor.record(), record or {}
@@ -234,8 +244,15 @@ def segment_files(
     shard = Shard.from_env(segmentor.stages.device)
     earlier = _earlier_entries(run_json)
     headers = [f if isinstance(f, ImageHeader) else None for f in files]
-    files = [f.path if isinstance(f, ImageHeader) else Path(f) for f in files]
-    mine = list(zip(files, headers, strict=True))[shard.rank :: shard.world_size]
+    files = [f.path if isinstance(f, ImageHeader) else as_input(f) for f in files]
+    pairs = zip(files, headers, strict=True)
+    # one scene on many processes (run/scene_split.py) is not wired into segment_scene yet
+    shared = [
+        SHARE_SCENES and shard.world_size > 1 and shares_scene(f, h, segmentor, options) for f, h in pairs
+    ]
+    alone = [i for i, both in enumerate(shared) if not both]  # dealt round-robin among the processes
+    picked = set(alone[shard.rank :: shard.world_size])
+    mine = [(i, files[i], headers[i]) for i in range(len(files)) if shared[i] or i in picked]
     run = SegmentRun(out, dict(record or {}), skipped=list(skipped or []) if shard.rank == 0 else [])
     run.world_size = shard.world_size
     start = time.perf_counter()
@@ -250,16 +267,21 @@ def segment_files(
     try:
         if shard.rank == 0:
             remove_stale_parts(out)
-        for index, (file, header) in enumerate(mine):
+        if shard.world_size > 1:
+            dist.barrier()  # no process writes a part before the clean-up is done
+        for done, (index, file, header) in enumerate(mine):
             if progress is not None:
-                progress(file.name, index, len(mine))
+                progress(file.name, done, len(mine))
+            part = ScenePart(shard.rank, shard.world_size, out, file.stem) if shared[index] else None
             try:
-                run.images.append(
-                    _one(segmentor, file, out, options, earlier.get(_same(file)), on_view, header)
-                )
-            except InputError as error:
+                result = _one(segmentor, file, out, options, earlier.get(_same(file)), on_view, header, part)
+                if part is None or part.rank == 0:  # a shared scene is recorded once
+                    run.images.append(result)
+            except (InputError, RemoteError) as error:
                 if not options.skip_bad:
                     raise
+                if part is not None and part.rank != 0:
+                    continue
                 run.skipped.append({"image": str(file), "problem": str(error)})
             write()
         if shard.world_size > 1:  # rank 0 writes the merged record, in input order
@@ -289,6 +311,7 @@ def _one(
     earlier: dict[str, Any] | None,
     on_view: ViewFn | None,
     header: ImageHeader | None = None,
+    part: ScenePart | None = None,
 ) -> ImageResult:
     plan = plan_file(segmentor, file, out, options, header)  # decided once for this file
     windowed = plan.windowed
@@ -298,7 +321,7 @@ def _one(
             with contextlib.suppress(TypeError):  # an entry missing fields is recomputed
                 return dataclasses.replace(ImageResult.from_dict(earlier), reused=True)
     chosen = dataclasses.replace(options, windowed=windowed)
-    prediction, written = segment_file(segmentor, file, out, chosen, on_view, header, plan)
+    prediction, written = segment_file(segmentor, file, out, chosen, on_view, header, plan, part)
     names, presence = prediction.class_names, [round(p, 4) for p in prediction.presence.tolist()]
     result = ImageResult(
         image=str(file),
@@ -312,8 +335,11 @@ def _one(
     return result
 
 
-def _same(path: str | Path) -> str:
-    """One spelling per file (``tiles/a.tif`` and ``./tiles/a.tif`` are the same input)."""
+def _same(path: str | Path | RemoteRaster) -> str:
+    """One spelling per input (``tiles/a.tif`` and ``./tiles/a.tif`` are the same; URLs as given)."""
+    text = str(path)
+    if isinstance(path, RemoteRaster) or is_remote(text) or ".json#" in text:
+        return text
     return str(Path(path).resolve())
 
 

@@ -12,7 +12,14 @@ class, the higher-scoring of any two instances whose masks overlap with IoU > 0.
 
 from __future__ import annotations
 
+import os
+import struct
+import tempfile
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from torch import Tensor
@@ -40,9 +47,9 @@ class Instance:
     box: tuple[int, int, int, int]
     mask: np.ndarray
 
-    @property
+    @cached_property
     def pixels(self) -> int:
-        """Pixels in the mask."""
+        """Pixels in the mask (counted once: deduplication asks for it at every comparison)."""
         return int(self.mask.sum())
 
     def full_mask(self, height: int, width: int) -> np.ndarray:
@@ -151,10 +158,11 @@ class StreamingDedup:
     in the same order (tested), while the pending instances are those of the last rows.
     """
 
-    def __init__(self, iou: float = DEDUP_IOU) -> None:
+    def __init__(self, iou: float = DEDUP_IOU, spill: ObjectSpill | None = None) -> None:
         self.iou = iou
         self.pending: list[tuple[int, Instance]] = []
-        self.kept: list[tuple[int, Instance]] = []
+        self.kept: list[tuple[int, Instance]] = []  # settled and kept, unless they go to ``spill``
+        self.spill = spill
         self.count = 0
 
     def add(self, instances: list[Instance]) -> None:
@@ -164,7 +172,11 @@ class StreamingDedup:
             self.count += 1
 
     def settle(self, frontier: float) -> None:
-        """Deduplicate the groups whose boxes all end at or above row ``frontier``."""
+        """Deduplicate the groups whose boxes all end at or above row ``frontier``.
+
+        Their kept instances go to the spill when there is one (then only the pending
+        instances stay in memory), else to :attr:`kept`.
+        """
         from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import connected_components
 
@@ -185,11 +197,85 @@ class StreamingDedup:
                     still.extend(chosen)
                     continue
                 kept = {id(one) for one in deduplicate([one for _, one in chosen], self.iou)}
-                self.kept.extend(pair for pair in chosen if id(pair[1]) in kept)
+                for arrival, one in chosen:
+                    if id(one) not in kept:
+                        continue
+                    if self.spill is not None:
+                        self.spill.add(arrival, one)
+                    else:
+                        self.kept.append((arrival, one))
         self.pending = sorted(still, key=lambda pair: pair[0])
 
-    def finish(self) -> list[Instance]:
-        """Every kept instance, by class then descending score (ties: the earlier), as :func:`deduplicate`."""
+    def finish(self) -> list[Instance] | ObjectSpill:
+        """Every kept instance, by class then descending score (ties: the earlier), as :func:`deduplicate`.
+
+        With a spill, the spill itself: iterating it reads them back in that order.
+        """
         self.settle(np.inf)
+        if self.spill is not None:
+            return self.spill
         order = sorted(self.kept, key=lambda pair: (pair[1].class_index, -pair[1].score, pair[0]))
         return [one for _, one in order]
+
+
+class ObjectSpill:
+    """Kept instances written to a hidden file as they settle; read back in :func:`deduplicate`'s order.
+
+    Use as a context manager (the file is removed at exit, whatever happens; a killed
+    run's file is a ``.<stem>.<random>.part.objects`` that
+    :func:`~ovearth.data.output.remove_stale_parts` removes). Memory holds per instance
+    only its sort key and file offset (32 bytes), never its mask. Iterating yields
+    instances equal to those added (same fields, the same mask bits), by class, then
+    descending score, then arrival: the order of :meth:`StreamingDedup.finish`.
+
+    Args:
+        folder: where the file goes (beside the outputs).
+        stem: names the file.
+
+    """
+
+    _HEAD = struct.Struct("<idqqqqI")  # class_index, score, box x1 y1 x2 y2, name bytes
+
+    def __init__(self, folder: str | Path, stem: str) -> None:
+        handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part.objects", dir=folder)
+        self.path = Path(name)
+        self._file = os.fdopen(handle, "w+b")
+        self._classes, self._scores = array("q"), array("d")  # sort keys, and the file offsets
+        self._arrivals, self._offsets = array("q"), array("q")
+
+    def __enter__(self) -> ObjectSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close and remove the file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def add(self, arrival: int, instance: Instance) -> None:
+        """Append ``instance``, the ``arrival``-th seen (the tie-break of equal scores)."""
+        name = instance.name.encode()
+        self._classes.append(instance.class_index)
+        self._scores.append(instance.score)
+        self._arrivals.append(arrival)
+        self._offsets.append(self._file.seek(0, os.SEEK_END))
+        head = self._HEAD.pack(instance.class_index, instance.score, *instance.box, len(name))
+        self._file.write(head + name + np.packbits(instance.mask).tobytes())
+
+    def __iter__(self) -> Iterator[Instance]:
+        """The instances, by class, then descending score, then arrival."""
+        self._file.flush()
+        keys = (np.asarray(self._arrivals), -np.asarray(self._scores), np.asarray(self._classes))
+        for i in np.lexsort(keys).tolist():
+            self._file.seek(self._offsets[i])
+            k, score, x1, y1, x2, y2, size = self._HEAD.unpack(self._file.read(self._HEAD.size))
+            name = self._file.read(size).decode()
+            shape = (y2 - y1, x2 - x1)
+            bits = np.frombuffer(self._file.read((shape[0] * shape[1] + 7) // 8), np.uint8)
+            mask = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+            yield Instance(k, name, score, (x1, y1, x2, y2), mask)

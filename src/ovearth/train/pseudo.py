@@ -25,7 +25,7 @@ import torch
 from ..data.atomic import atomic_path, write_text_atomic
 from ..data.datasets import Sample, read_label
 from ..data.legend import ClassTable
-from ..data.raster import write_labels
+from ..data.raster_write import write_labels
 from ..model.load import LoadedModel
 from ..segment.segmentor import Prediction, Segmentor
 from ..segment.settings import SegmentSettings
