@@ -53,13 +53,42 @@ def test_segment_command_maps_every_choice():
         extra="--refine 'smooth:a=0.2' --zoom k=4,scale=2",
     )
     assert runner.segment_command(["ovearth"], options) == [
-        "ovearth", "segment", "/data/scene one.tif", "-o", "/out",
-        "--classes", "building,house;road", "--model", "/models/sam3", "--device", "cuda:1",
-        "--prob-thd", "0.2,building=0.4", "--confidence-threshold", "0.3",
-        "--slide-crop", "1008", "--slide-stride", "672", "--min-area", "25", "--simplify", "0.5",
-        "--windowed", "--bands", "4,3,2", "--scores", "--vector", "gpkg", "--objects", "--overwrite",
-        "--refine", "smooth:a=0.2", "--zoom", "k=4,scale=2",
-    ]  # fmt: skip
+        "ovearth",
+        "segment",
+        "/data/scene one.tif",
+        "-o",
+        "/out",
+        "--classes",
+        "building,house;road",
+        "--model",
+        "/models/sam3",
+        "--device",
+        "cuda:1",
+        "--prob-thd",
+        "0.2,building=0.4",
+        "--confidence-threshold",
+        "0.3",
+        "--slide-crop",
+        "1008",
+        "--slide-stride",
+        "672",
+        "--min-area",
+        "25",
+        "--simplify",
+        "0.5",
+        "--windowed",
+        "--bands",
+        "4,3,2",
+        "--scores",
+        "--vector",
+        "gpkg",
+        "--objects",
+        "--overwrite",
+        "--refine",
+        "smooth:a=0.2",
+        "--zoom",
+        "k=4,scale=2",
+    ]
 
 
 def test_segment_command_leaves_defaults_to_ovearth():
@@ -75,18 +104,48 @@ def test_segment_command_leaves_defaults_to_ovearth():
 
 
 def test_vectorize_and_eval_commands():
-    assert runner.vectorize_command(["ov"], "l.tif", "p.gpkg", classes="a;b", scores="s.tif", min_area=4.0) == [
-        "ov", "vectorize", "l.tif", "-o", "p.gpkg", "--classes", "a;b", "--scores", "s.tif", "--min-area", "4",
-    ]  # fmt: skip
+    command = runner.vectorize_command(["ov"], "l.tif", "p.gpkg", classes="a;b", scores="s.tif", min_area=4.0)
+    assert command == [
+        "ov",
+        "vectorize",
+        "l.tif",
+        "-o",
+        "p.gpkg",
+        "--classes",
+        "a;b",
+        "--scores",
+        "s.tif",
+        "--min-area",
+        "4",
+    ]
     assert runner.vectorize_command(["ov"], "l.tif", "p.gpkg") == ["ov", "vectorize", "l.tif", "-o", "p.gpkg"]
     command = runner.eval_command(
-        ["ov"], "/data", "/out", dataset="loveda", model="m", limit=5, confidence_threshold=0.25,
+        ["ov"],
+        "/data",
+        "/out",
+        dataset="loveda",
+        model="m",
+        limit=5,
+        confidence_threshold=0.25,
         save_predictions=True,
-    )  # fmt: skip
+    )
     assert command == [
-        "ov", "eval", "--data-root", "/data", "-o", "/out", "--dataset", "loveda", "--model", "m",
-        "--limit", "5", "--confidence-threshold", "0.25", "--save-predictions",
-    ]  # fmt: skip
+        "ov",
+        "eval",
+        "--data-root",
+        "/data",
+        "-o",
+        "/out",
+        "--dataset",
+        "loveda",
+        "--model",
+        "m",
+        "--limit",
+        "5",
+        "--confidence-threshold",
+        "0.25",
+        "--save-predictions",
+    ]
     assert runner.eval_command(["ov"], "/d", "/o", dataset_config="my.yaml")[-2:] == [
         "--dataset-config",
         "my.yaml",
@@ -312,9 +371,13 @@ def test_runner_writes_the_labels_of_the_cli(samples, tiny_dir, tmp_path):
     image = samples / "RGB.byte.tif"
     expected = cli_labels(image, tmp_path / "cli", tiny_dir)
     options = runner.SegmentOptions(
-        image=str(image), output=str(tmp_path / "plugin"), classes=CLASSES, model=str(tiny_dir), device="cpu",
+        image=str(image),
+        output=str(tmp_path / "plugin"),
+        classes=CLASSES,
+        model=str(tiny_dir),
+        device="cpu",
         vector=True,
-    )  # fmt: skip
+    )
     progress = []
     runner.run_ovearth(runner.segment_command(OVEARTH, options), on_progress=progress.append)
     written = runner.segment_outputs(options.output, options.image)
@@ -332,9 +395,15 @@ def test_cancelled_real_run_leaves_no_output(samples, tiny_dir, tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("kept")
     options = runner.SegmentOptions(
-        image=str(samples / "RGB.byte.tif"), output=str(out), classes=CLASSES, model=str(tiny_dir), device="cpu",
-        slide_crop=336, slide_stride=224, scores=True,
-    )  # fmt: skip
+        image=str(samples / "RGB.byte.tif"),
+        output=str(out),
+        classes=CLASSES,
+        model=str(tiny_dir),
+        device="cpu",
+        slide_crop=336,
+        slide_stride=224,
+        scores=True,
+    )
     guard = runner.OutputGuard(str(out), prefixes=("RGB.byte_",), names=("run.json",))
     start = time.monotonic()
     with pytest.raises(runner.Cancelled):
