@@ -92,7 +92,10 @@ def load_results(context, feedback) -> list:
     described = []
     for path, details in context.layersToLoadOnCompletion().items():
         raster = details.layerTypeHint == QgsProcessingUtils.LayerHint.Raster
-        layer = QgsRasterLayer(path, details.name, "gdal") if raster else QgsVectorLayer(path, details.name, "ogr")
+        if raster:
+            layer = QgsRasterLayer(path, details.name, "gdal")
+        else:
+            layer = QgsVectorLayer(path, details.name, "ogr")
         if not layer.isValid():
             described.append({"name": details.name, "valid": False})
             continue
@@ -112,7 +115,8 @@ def describe(layer) -> dict:
         classes = [c.label for c in renderer.classes()]
     elif kind == "categorizedSymbol":
         classes = [c.label() for c in renderer.categories()]
-    return {"name": layer.name(), "valid": True, "renderer": kind, "classes": classes, "source": layer.source()}
+    source = layer.source()
+    return {"name": layer.name(), "valid": True, "renderer": kind, "classes": classes, "source": source}
 
 
 def render(path: str, size: tuple = (900, 820)) -> None:
@@ -147,7 +151,7 @@ def main() -> int:
     parser.add_argument("--cancel-on-part", action="store_true")
     parser.add_argument("--render", default=None, help="PNG to draw the loaded outputs into")
     args = parser.parse_args()
-    app, _provider = start_qgis()
+    _app, _provider = start_qgis()
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
 
     parameters = json.loads(args.parameters)
@@ -167,7 +171,7 @@ def main() -> int:
         json.dumps(
             {
                 "ok": bool(ok),
-                "results": {k: v for k, v in (results or {}).items() if isinstance(v, (str, int, float, type(None)))},
+                "results": {k: v for k, v in (results or {}).items() if isinstance(v, (str, int, float))},
                 "errors": feedback.errors,
                 "progress": feedback.progress,
                 "lines": feedback.lines,
@@ -177,9 +181,9 @@ def main() -> int:
             }
         )
     )
-    QgsProject.instance().clear()
-    app.exitQgis()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # PyQGIS can crash while tearing down a headless application: the answer is out
 
 
 if __name__ == "__main__":

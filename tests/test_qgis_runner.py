@@ -303,6 +303,7 @@ def test_failure_raises_the_error_line(fake, tmp_path):
     with pytest.raises(runner.OvearthFailed, match=r"^the classes are empty\.$") as failed:
         runner.run_ovearth([str(fake), str(out), "fail", str(tmp_path / "pids")])
     assert failed.value.returncode == 2
+    os.kill(int((tmp_path / "pids").read_text().split()[1]), signal.SIGKILL)  # the fake's orphan
     assert failed.value.lines[:3] == [
         f"segment: {i}/10 ({10 * i} %), 1/s, ETA 0m0{10 - i}s" for i in (1, 2, 3)
     ]
@@ -388,7 +389,6 @@ def test_runner_writes_the_labels_of_the_cli(samples, tiny_dir, tmp_path):
     assert progress[-1] == 100
 
 
-@pytest.mark.slow
 def test_cancelled_real_run_leaves_no_output(samples, tiny_dir, tmp_path):
     """Cancel mid-run (sliding windows: tens of seconds on CPU): the folder is as it was, ovearth ended."""
     out = tmp_path / "out"

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -387,6 +388,7 @@ def run_ovearth(
     thread.start()
     cancelled = False
     try:
+        ended_at = None
         while True:
             finished = _drain(reader, lines, parser, on_line, on_progress, poll_seconds)
             if finished:
@@ -394,6 +396,10 @@ def run_ovearth(
             if is_cancelled is not None and is_cancelled():
                 cancelled = True
                 break
+            if process.poll() is not None:  # ended; a child may still hold the pipe open
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > 2.0:
+                    break
         if cancelled:
             _stop(process, grace_seconds)
         else:
@@ -402,9 +408,9 @@ def run_ovearth(
         if process.poll() is None:  # an exception in a callback: never leave ovearth running
             _stop(process, grace_seconds)
             cancelled = True
-        thread.join(timeout=5)
+        thread.join(timeout=2)
         _drain_rest(reader, lines, on_line)
-        if process.stdout is not None:
+        if process.stdout is not None and not thread.is_alive():  # else the reader closes it at its end
             process.stdout.close()
         if cancelled and cleanup is not None:
             cleanup.remove_new()
@@ -450,6 +456,10 @@ def _read_lines(stream, sink: queue.Queue) -> None:
         pass
     finally:
         sink.put(_END)
+        try:
+            stream.close()
+        except (OSError, ValueError):
+            pass
 
 
 def _drain(reader, lines, parser, on_line, on_progress, timeout: float) -> bool:
