@@ -24,6 +24,7 @@ from ..data.atomic import atomic_path, write_text_atomic
 from ..data.protocols import list_protocols
 from ..data.safe_yaml import parse_yaml
 from ..errors import InputError
+from .reports import _fmt, _json_safe
 
 #: what a source is: printed in the method's paper, a file of a repository, or another group's run
 KINDS = ("paper", "repository file", "re-run")
@@ -103,21 +104,6 @@ def load_published(text: str | None = None) -> list[PublishedSource]:
 
 def _nan(value: float | None) -> bool:
     return value is None or math.isnan(value)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if _nan(value) else f"{value:.2f}"
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _delta(ours: float, published: float | None) -> float | None:
