@@ -40,7 +40,7 @@ from ..data.remote import RemoteRaster, is_remote, remote_input
 from ..data.vectorize import vectorize
 from ..errors import InputError
 from ..segment.fusion import scores_for_writing
-from ..segment.instances import Instance
+from ..segment.instances import Instance, ObjectSpill
 from ..segment.segmentor import Prediction, Segmentor
 from ..viz import overlay
 from .plan import FileOptions, FilePlan, plan_file
@@ -139,17 +139,17 @@ def segment_file(
     options = options or FileOptions()
     plan = plan or plan_file(segmentor, path, out, options, header)
     names, table, paths = list(plan.table.names), plan.table, plan.outputs
-    found: list[Instance] | None = [] if options.objects else None
     if plan.windowed and part is not None and part.rank > 0:  # a band into part files; no output here
         scored = "scores" in paths or "polygons" in paths
         wanted = {**paths, "scores": paths.get("scores", paths["labels"])} if scored else paths
         args = (options.bands, options.stretch, on_view, header, options.cog, None, table)
         return segment_scene(segmentor, path, wanted, *args, part=part), paths  # type: ignore[call-arg]
     if plan.windowed:
-        with (
-            _labels_by_windows(paths, out, plan.georeferenced, table) as labels,
-            _scores_for_polygons(paths, out) as scores,
-        ):
+        with contextlib.ExitStack() as stack:
+            labels = stack.enter_context(_labels_by_windows(paths, out, plan.georeferenced, table))
+            scores = stack.enter_context(_scores_for_polygons(paths, out))
+            # a windowed scene's objects go to disk as they settle, so memory does not grow with them
+            spill = stack.enter_context(ObjectSpill(out, paths["labels"].stem)) if options.objects else None
             written = {**paths, "labels": labels, **({"scores": scores} if scores else {})}
             result = segment_scene(
                 segmentor,
@@ -160,11 +160,12 @@ def segment_file(
                 on_view,
                 header,
                 options.cog,
-                found,
+                spill,
                 table,
+                part,
             )
             crs, transform = result.crs, result.transform
-            _write_vectors(paths, labels, scores, table, crs, transform, found, options)
+            _write_vectors(paths, labels, scores, table, crs, transform, spill, options)
         return result, paths
     image: RasterImage = read_image(path, bands=options.bands, stretch=options.stretch, header=header)
     if not image.valid.any():
@@ -231,7 +232,7 @@ def _write_vectors(
     table: ClassTable,
     crs,
     transform,
-    instances: list[Instance] | None,
+    instances: Iterable[Instance] | None,
     options: FileOptions,
 ) -> None:
     """The polygons of the labels (read from ``labels``) and the objects layer, as asked."""

@@ -50,6 +50,7 @@ from ..segment.segmentor import Segmentor
 from ..segment.views import ViewOutput
 from ..segment.windows import Window, tiles_without_overlap, views_for
 from ..viz import MAX_OVERLAY_SIDE, overlay, palette
+from .scene_split import PartWriter, ScenePart, assemble_parts, row_bounds, touching_rows
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def segment_scene(
     cog: bool = True,
     found: list[Instance] | ObjectSpill | None = None,
     table: ClassTable | None = None,
+    part: ScenePart | None = None,
 ) -> SceneResult:
     """Segment a GeoTIFF by windows and write ``paths["labels"]`` (and ``"scores"``, ``"overlay"``).
 
@@ -111,6 +113,10 @@ def segment_scene(
             they settle, so memory holds only the objects later windows may still meet
             (iterate it afterwards, e.g. into :func:`~ovearth.data.objects.write_objects`).
         table: the outputs' class table (:class:`~ovearth.run.plan.FilePlan`), else built here.
+        part: this process's share when every torchrun process takes a band of the scene
+            (:mod:`~ovearth.run.scene_split`; a collective, every process calls it). Process 0
+            writes ``paths`` and copies the others' bands in; the others write part files only.
+            Not with ``found``.
 
     Returns:
         The :class:`SceneResult`.
@@ -126,23 +132,38 @@ def segment_scene(
         )
     if s.parsed_zoom is not None:
         raise InputError(f"{path}: --zoom ranks regions of the whole first pass, not by windows.")
+    if part is not None and found is not None:
+        raise ValueError("objects need every window in one process; a shared scene has none")
     names = segmentor.vocabulary.labels
     with bounded_gdal_cache(), SceneReader(path, bands, stretch, header) as reader:
         height, width = reader.height, reader.width
         windows = views_for(height, width, s.slide_crop, s.slide_stride)
         disjoint = tiles_without_overlap(windows, height, width)
         skip = segmentor.can_skip(windows, height, width)
-        rows = window_rows(windows)
+        rows, top, bottom, cuts = window_rows(windows), 0, height, [0, height]
+        if part is not None:  # the rows of windows touching this process's band
+            cuts = row_bounds(rows, height, part.world_size)
+            top, bottom = cuts[part.rank], cuts[part.rank + 1]
+            rows = touching_rows(rows, top, bottom)
         # the buffer starts at most one block above a row of windows and reaches its bottom
         buffer = RowBuffer(len(segmentor.vocabulary.names), min(s.slide_crop + GEOTIFF_BLOCK, height), width)
         presence = torch.zeros(len(segmentor.vocabulary.names))
         done = skipped = 0
+        total = sum(len(row) for row in rows)
         quick = _QuickLook(height, width)
         seen = _ReadRows(buffer.count.shape[0], width, quick.step)
+        if rows:  # where one process's buffer starts when this row of windows comes
+            buffer.top = seen.top = rows[0][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK
         table = table or ClassTable.build(names, palette(len(names)), s.low_score_label == UNCLASSIFIED_LABEL)
         # holds only the instances later windows may still meet (and, without a spill, the kept ones)
         objects = StreamingDedup(spill=found if isinstance(found, ObjectSpill) else None)
-        with SceneWriter(paths["labels"], reader, table, paths.get("scores"), names, cog=cog) as writer:
+        if part is None or part.rank == 0:
+            writer: SceneWriter | PartWriter = SceneWriter(
+                paths["labels"], reader, table, paths.get("scores"), names, cog=cog
+            )
+        else:
+            writer = PartWriter(part, top, bottom, width, len(names), "scores" in paths)
+        with writer:
             valids: dict[Window, np.ndarray] = {}  # of the windows read and not yet added
 
             def read(window: Window) -> Tensor | None:
@@ -165,37 +186,72 @@ def segment_scene(
                 nonlocal done
                 done += count
                 if on_view is not None:
-                    on_view(done, len(windows))
+                    on_view(done, total)
 
             instances = found is not None
-            for r, row in enumerate(rows):
-                skipped += run_windows(
-                    segmentor.engine, row, read, add, skip=skip, instances=instances, on_batch=progress
-                )
-                if r == len(rows) - 1:
-                    final = height
-                else:  # rows above the next windows are final; write whole GeoTIFF blocks only
-                    final = rows[r + 1][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK
-                if found is not None and r < len(rows) - 1:
-                    objects.settle(rows[r + 1][0].y1)  # later instances start at or below that row
-                if final > buffer.top:
-                    _finish_rows(segmentor, seen, writer, buffer, final, quick, "scores" in paths)
-                    buffer.drop(final)
-                    seen.drop(final)
-                release_free_memory()
+            failure: InputError | None = None
+            try:
+                for r, row in enumerate(rows):
+                    ran = run_windows(
+                        segmentor.engine, row, read, add, skip=skip, instances=instances, on_batch=progress
+                    )
+                    skipped += ran if row[0].y1 >= top else 0  # each row of windows counted by one band
+                    if r == len(rows) - 1:
+                        final = bottom
+                    else:  # rows above the next windows are final; write whole GeoTIFF blocks only
+                        final = min(rows[r + 1][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK, bottom)
+                    if found is not None and r < len(rows) - 1:
+                        objects.settle(rows[r + 1][0].y1)  # later instances start at or below that row
+                    if final > max(buffer.top, top):
+                        rows_done = (max(buffer.top, top), final)
+                        _finish_rows(segmentor, seen, writer, buffer, rows_done, quick, "scores" in paths)
+                    if final > buffer.top:
+                        buffer.drop(final)
+                        seen.drop(final)
+                    release_free_memory()
+            except InputError as error:  # the other processes hear of it at the gather below
+                if part is None:
+                    raise
+                failure = error
+            any_valid = quick.any_valid
+            if part is not None:
+                if part.rank > 0 and failure is None:
+                    writer.close((quick.rgb, quick.labels))  # type: ignore[union-attr]
+                mine = (str(failure) if failure else None, presence.tolist(), skipped, any_valid)
+                shares = part.gather(mine)
+                try:
+                    problems = [share[0] for share in shares if share[0]]
+                    if problems:
+                        raise failure or InputError(problems[0])
+                    presence = torch.tensor([share[1] for share in shares]).amax(0)
+                    skipped = sum(share[2] for share in shares)
+                    any_valid = any(share[3] for share in shares)
+                    if part.rank > 0:
+                        return SceneResult(
+                            names, _class_presence(segmentor, presence), height, width, len(windows), skipped
+                        )
+                    assemble_parts(part, cuts, writer, quick, "scores" in paths)  # type: ignore[arg-type]
+                finally:
+                    if part.rank == 0:
+                        part.remove()
     if isinstance(found, list):
         found.extend(objects.finish())
     elif found is not None:
         objects.finish()  # the last rows' objects into the spill
-    if not quick.any_valid:
+    if not any_valid:
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", path)
     with atomic_path(paths["overlay"]) as temp:
         overlay(*quick.arrays(), names).save(temp, format="PNG")
-    name_class = segmentor.vocabulary.name_class
-    class_presence = names_to_classes(presence[:, None, None], name_class, len(names))[:, 0, 0]
+    class_presence = _class_presence(segmentor, presence)
     return SceneResult(
         names, class_presence, height, width, len(windows), skipped, reader.crs, reader.transform
     )
+
+
+def _class_presence(segmentor: Segmentor, presence: Tensor) -> Tensor:
+    """``[K]`` presence per class from the ``[P]`` presence per name (max over a class's names)."""
+    name_class, classes = segmentor.vocabulary.name_class, len(segmentor.vocabulary.labels)
+    return names_to_classes(presence[:, None, None], name_class, classes)[:, 0, 0]
 
 
 def release_free_memory() -> None:
@@ -225,16 +281,17 @@ FINISH_ROWS = 64
 def _finish_rows(
     segmentor: Segmentor,
     seen: _ReadRows,
-    writer: SceneWriter,
+    writer: SceneWriter | PartWriter,
     buffer: RowBuffer,
-    final: int,
+    rows: tuple[int, int],
     quick: _QuickLook,
     scores: bool,
 ) -> None:
-    """Labels (and logits) of rows ``buffer.top .. final``, as :meth:`Segmentor.predict` makes them."""
+    """Labels (and logits) of scene rows ``rows[0] .. rows[1]``, as :meth:`Segmentor.predict` makes them."""
     s = segmentor.settings
     vocabulary = segmentor.vocabulary
-    for y in range(buffer.top, final, FINISH_ROWS):
+    first, final = rows
+    for y in range(first, final, FINISH_ROWS):
         y_end = min(y + FINISH_ROWS, final)
         samples, valid = seen.rows(y, y_end)
         low = s.low_score_label

@@ -28,7 +28,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import rasterio
@@ -112,6 +112,7 @@ class PartWriter:
         self, part: ScenePart, top: int, bottom: int, width: int, classes: int, scores: bool
     ) -> None:
         self.top, self.paths = top, part.paths(part.rank)
+        part.folder.mkdir(parents=True, exist_ok=True)  # process 0 may not have made it yet
         rows = max(bottom - top, 1)
         profile = dict(driver="GTiff", height=rows, width=width, tiled=True, compress="deflate")
         profile.update(blockxsize=GEOTIFF_BLOCK, blockysize=GEOTIFF_BLOCK, BIGTIFF="IF_SAFER")
@@ -119,6 +120,13 @@ class PartWriter:
         self._scores = None
         if scores:
             self._scores = rasterio.open(self.paths["scores"], "w", count=classes, dtype="float32", **profile)
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None or not self._labels.closed:  # a failure, or never closed: nothing kept
+            self.abort()
 
     def write_rows(self, y1: int, labels: np.ndarray, scores: np.ndarray | None = None) -> None:
         """Write ``[h, W]`` labels (and ``[K, h, W]`` scores) of scene rows ``y1 .. y1 + h``."""
@@ -168,3 +176,22 @@ def part_quick_look(paths: dict[str, Path]) -> tuple[list[np.ndarray], list[np.n
     with np.load(paths["quick"]) as saved:
         count = int(saved["count"])
         return [saved[f"rgb{i}"] for i in range(count)], [saved[f"labels{i}"] for i in range(count)]
+
+
+class _RowSink(Protocol):
+    def write_rows(self, y1: int, labels: np.ndarray, scores: np.ndarray | None = None) -> None: ...
+
+
+def assemble_parts(part: ScenePart, cuts: list[int], writer: _RowSink, quick: Any, scores: bool) -> None:
+    """Process 0: copy the bands of processes ``1 ..`` into ``writer``, their quick-look rows into ``quick``.
+
+    In rank order, after process 0's own band, so rows and quick-look strips arrive as
+    one process makes them (``quick.rgb`` and ``quick.labels`` are lists of strips).
+    """
+    for rank in range(1, part.world_size):
+        paths = part.paths(rank)
+        for y, labels, values in part_rows(paths, cuts[rank], cuts[rank + 1], scores):
+            writer.write_rows(y, labels, values)
+        rgb, labels = part_quick_look(paths)
+        quick.rgb.extend(rgb)
+        quick.labels.extend(labels)

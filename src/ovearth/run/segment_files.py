@@ -43,8 +43,6 @@ from .files import collect_images, segment_file
 from .plan import FileOptions, plan_file, shares_scene
 from .scene_split import ScenePart
 
-#: divide the rows of a large scene among torchrun's processes (not wired yet: issue 24)
-SHARE_SCENES = False
 #: ``progress(name, done, total)`` before each input (``done`` inputs finished so far)
 ProgressFn = Callable[[str, int, int], None]
 #: ``on_view(done, total)`` during an input read by windows
@@ -63,6 +61,7 @@ class ImageResult:
         windowed: read and written by windows.
         reused: outputs of an earlier run with the same key were kept (resume).
         views, skipped_views: windows placed and windows not run (windowed inputs only).
+        processes: torchrun processes that shared this scene's rows (1: one process).
 
     """
 
@@ -74,12 +73,15 @@ class ImageResult:
     reused: bool = False
     views: int | None = None
     skipped_views: int | None = None
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``run.json`` entry (``views`` and ``skipped_views`` only when windowed)."""
+        """The ``run.json`` entry (``views``, ``skipped_views`` when windowed; ``processes`` when > 1)."""
         entry = dataclasses.asdict(self)
         if self.views is None:
             del entry["views"], entry["skipped_views"]
+        if self.processes == 1:
+            del entry["processes"]
         return entry
 
     @classmethod
@@ -246,10 +248,8 @@ def segment_files(
     headers = [f if isinstance(f, ImageHeader) else None for f in files]
     files = [f.path if isinstance(f, ImageHeader) else as_input(f) for f in files]
     pairs = zip(files, headers, strict=True)
-    # one scene on many processes (run/scene_split.py) is not wired into segment_scene yet
-    shared = [
-        SHARE_SCENES and shard.world_size > 1 and shares_scene(f, h, segmentor, options) for f, h in pairs
-    ]
+    # a large scene is shared by every process (run/scene_split.py), other files dealt round-robin
+    shared = [shard.world_size > 1 and shares_scene(f, h, segmentor, options) for f, h in pairs]
     alone = [i for i, both in enumerate(shared) if not both]  # dealt round-robin among the processes
     picked = set(alone[shard.rank :: shard.world_size])
     mine = [(i, files[i], headers[i]) for i in range(len(files)) if shared[i] or i in picked]
@@ -332,6 +332,8 @@ def _one(
     )
     if windowed:
         result.views, result.skipped_views = prediction.views, prediction.skipped_views
+    if part is not None:
+        result.processes = part.world_size
     return result
 
 
