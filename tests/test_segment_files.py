@@ -93,6 +93,34 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys,
     assert lines[0].startswith("segment: 1/3 (33 %), ") and "/s, ETA " in lines[0]
     assert lines[1].startswith("segment: 2/3 (67 %)") and lines[-1].startswith("segment: done, 3 in ")
 
+    # a whole image with sliding windows reports its windows too (the rate and ETA of that image)
+    code, err = segment(monkeypatch, capsys, tiny_dir, folder / "a.png", tmp_path / "w", "--slide-crop", "28", "--slide-stride", "28")
+    windows = [line for line in err.splitlines() if line.startswith("segment windows:")]
+    assert code == 0 and windows[-1].startswith("segment windows: 4/4 (100 %), "), err
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_an_interrupt_exits_130_with_a_line_and_leaves_no_output(tiny_dir, tmp_path):
+    """Ctrl+C (SIGINT) mid-run: "interrupted", exit code 130, no output file (was: exit 0, silent)."""
+    import signal
+
+    Image.fromarray(make_image(5, 900, 900)).save(tmp_path / "big.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ovearth", "segment", str(tmp_path / "big.png"), "--classes", CLASSES]
+    command += ["--model", str(tiny_dir), "--slide-crop", "112", "--slide-stride", "56", "-o", str(out)]
+    env = dict(os.environ, OVEARTH_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="1")
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in child.stderr:  # wait until the windows run, then interrupt
+        lines.append(line)
+        if line.startswith("segment windows:"):
+            child.send_signal(signal.SIGINT)
+            break
+    rest = child.stderr.read()
+    assert child.wait(timeout=60) == 130, "".join(lines) + rest
+    assert rest.strip().splitlines()[-1] == "interrupted"
+    assert not out.exists() or list(out.iterdir()) == []
+
 
 @pytest.mark.slow
 def test_two_gloo_processes_write_the_same_bytes_as_one(tiny_dir, folder, tmp_path):

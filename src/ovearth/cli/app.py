@@ -356,6 +356,10 @@ class PlainProgress:
         eta = f", ETA {_duration((total - done) / rate)}" if total else ""
         err.print(f"{self.label}: {done}/{total or '?'}{share}, {rate:.3g}/s{eta}{extra}", highlight=False)
 
+    def restart(self) -> None:
+        """Count rate and period from now (a new series, e.g. the windows of the next image)."""
+        self.start = self.last = time.monotonic()
+
     def finish(self, done: int) -> None:
         """The closing line: how many in how long."""
         if self.on:
@@ -388,7 +392,12 @@ def main() -> None:
     """Entry point: run the app, turning user errors into one line and an exit code."""
     try:
         check_environment()
-        app(standalone_mode=False)
+        # without standalone mode click returns the code of ``typer.Exit`` and of an interrupt (130)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            if code == 130:
+                err.print("interrupted")
+            sys.exit(code)
     except OvearthError as error:
         fail(str(error))
         sys.exit(error.exit_code)

@@ -193,7 +193,7 @@ def segment(
         return Segmentor(load_on(model, device, adapter), vocabulary, settings=settings)
 
     record = {"command": "segment", "preset": preset, "bands": band_choice, "stretch": stretch}
-    plain = PlainProgress("segment")
+    plain, plain_windows = PlainProgress("segment"), PlainProgress("segment windows")
     with progress_bar() as bar:
         task = bar.add_task("segmenting", total=None)
         views = bar.add_task("windows", total=None, visible=False)
@@ -202,9 +202,11 @@ def segment(
             bar.update(task, description=name, completed=done, total=total)
             bar.update(views, completed=0, visible=False)
             plain(done, total)
+            plain_windows.restart()  # the windows of the next image
 
         def on_view(done: int, total: int) -> None:
             bar.update(views, completed=done, total=total, visible=True)
+            plain_windows(done, total)
 
         run = segment_images(images, output, make_segmentor, options, record, progress, on_view, stac_asset)
         bar.update(task, completed=len(run.images))

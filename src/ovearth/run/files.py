@@ -170,7 +170,7 @@ def segment_file(
     image: RasterImage = read_image(path, bands=options.bands, stretch=options.stretch, header=header)
     if not image.valid.any():
         logger.warning("%s: every pixel is nodata; all labels are 255 (nodata).", image.path)
-    prediction = segmentor.predict(image.rgb, valid=image.valid, instances=options.objects)
+    prediction = segmentor.predict(image.rgb, valid=image.valid, instances=options.objects, on_view=on_view)
     write_labels(paths["labels"], prediction.labels, image, table, cog=options.cog)
     with atomic_path(paths["overlay"]) as temp:
         overlay(image.rgb, prediction.labels, names).save(temp, format="PNG")

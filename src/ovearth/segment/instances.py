@@ -237,6 +237,7 @@ class ObjectSpill:
     _HEAD = struct.Struct("<idqqqqI")  # class_index, score, box x1 y1 x2 y2, name bytes
 
     def __init__(self, folder: str | Path, stem: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)  # the outputs' folder may not exist yet
         handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part.objects", dir=folder)
         self.path = Path(name)
         self._file = os.fdopen(handle, "w+b")

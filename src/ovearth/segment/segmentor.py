@@ -18,7 +18,7 @@ agree to 1e-5 in float32 (tested).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +184,11 @@ class Segmentor:
         return other
 
     def predict(
-        self, image: np.ndarray | Tensor, valid: np.ndarray | None = None, instances: bool = False
+        self,
+        image: np.ndarray | Tensor,
+        valid: np.ndarray | None = None,
+        instances: bool = False,
+        on_view: Callable[[int, int], None] | None = None,
     ) -> Prediction:
         """Segment one image.
 
@@ -194,6 +198,7 @@ class Segmentor:
                 255. An image without any valid pixel is not run through the model.
             instances: also return SAM 3's kept objects (``Prediction.instances``); labels
                 and scores are the same either way.
+            on_view: called as ``on_view(done, total)`` after each batch of views (progress).
 
         Returns:
             The :class:`Prediction`.
@@ -221,7 +226,7 @@ class Segmentor:
         s, vocabulary = self.settings, self.vocabulary
         found: list[Instance] | None = [] if instances else None
         with torch.inference_mode():
-            name_logits, name_presence = self.name_logits(view, found)
+            name_logits, name_presence = self.name_logits(view, found, on_view=on_view)
             presence = names_to_classes(name_presence[:, None, None], vocabulary.name_class, num_classes)
             class_logits, labels = finish(
                 name_logits, valid_np, vocabulary.name_class, num_classes, self.thresholds, s.low_score_label
@@ -237,7 +242,11 @@ class Segmentor:
 
     @torch.inference_mode()
     def name_logits(
-        self, view: Tensor, found: list[Instance] | None = None, confidences: Sequence[float] | None = None
+        self,
+        view: Tensor,
+        found: list[Instance] | None = None,
+        confidences: Sequence[float] | None = None,
+        on_view: Callable[[int, int], None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-name logits of a whole image, averaged over its views (sliding windows, zoom regions).
 
@@ -249,6 +258,8 @@ class Segmentor:
                 the model (fast mode, no zoom, no ``found``); what ``ovearth calibrate``
                 searches. Each equals the logits of a segmentor with that
                 ``confidence_threshold`` (tested).
+            on_view: called as ``on_view(done, total)`` after each batch of views; zoom's
+                regions add to ``total`` once the first pass is done.
 
         Returns:
             ``([P, H, W] logits, [P] presence)`` (``[G, P, H, W]`` with ``confidences``);
@@ -277,13 +288,23 @@ class Segmentor:
         def read(window: Window) -> Tensor:
             return view[:, window.y1 : window.y2, window.x1 : window.x2]
 
-        options = {"held": held, "instances": found is not None}
+        done, total = 0, len(windows)
+
+        def progress(count: int) -> None:
+            nonlocal done
+            done += count
+            if on_view is not None:
+                on_view(done, total)
+
+        options = {"held": held, "instances": found is not None, "on_batch": progress}
         skip = self.can_skip(windows, height, width)
         run_windows(self.engine, windows, read, sums.add, skip=skip, confidences=confidences, **options)
         zoom = s.parsed_zoom
         if zoom is not None:  # second pass: the least certain regions as extra views
             first = names_to_classes(sums.mean(), self.vocabulary.name_class, len(self.vocabulary))
-            run_windows(self.engine, choose_regions(first, zoom), read, sums.add, **options)
+            regions = choose_regions(first, zoom)
+            total += len(regions)
+            run_windows(self.engine, regions, read, sums.add, **options)
         if found is not None:
             found.extend(sums.found)
         return sums.mean(), sums.presence
