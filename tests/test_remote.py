@@ -83,20 +83,22 @@ def labels_of(path: Path) -> np.ndarray:
 @pytest.mark.parametrize("how", [["--whole"], ["--windowed", "--slide-crop", "256", "--slide-stride", "256"]])
 def test_a_remote_cog_gives_the_local_outputs(monkeypatch, capsys, tiny_dir, server, tmp_path, how):
     url, root = server
-    code, err = segment(monkeypatch, capsys, tiny_dir, root / "scene.tif", tmp_path / "local", *how)
+    name = f"scene{len(how)}.tif"  # a file of its own: GDAL's cache of an earlier test's reads is not reused
+    shutil.copy(root / "scene.tif", root / name)
+    code, err = segment(monkeypatch, capsys, tiny_dir, root / name, tmp_path / "local", *how)
     assert code == 0, err
     RangeHandler.served.clear()
-    code, err = segment(monkeypatch, capsys, tiny_dir, f"{url}/scene.tif", tmp_path / "remote", *how)
+    code, err = segment(monkeypatch, capsys, tiny_dir, f"{url}/{name}", tmp_path / "remote", *how)
     assert code == 0, err
-    for name in ("scene_labels.tif", "scene_overlay.png"):
-        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    stem = Path(name).stem
+    for output in (f"{stem}_labels.tif", f"{stem}_overlay.png"):
+        assert (tmp_path / "remote" / output).read_bytes() == (tmp_path / "local" / output).read_bytes()
     run = json.loads((tmp_path / "remote" / "run.json").read_text())
-    assert run["images"][0]["image"] == f"{url}/scene.tif"  # named by its URL
-    size = (root / "scene.tif").stat().st_size
-    if how == ["--whole"]:  # read by ranges: the overviews (about a quarter of a COG) are never fetched
-        assert 0 < RangeHandler.served["scene.tif"] < size
-    else:  # known gap (issue 25): by windows some blocks are fetched again (3.3x the file here)
-        assert 0 < RangeHandler.served["scene.tif"] < 4 * size
+    assert run["images"][0]["image"] == f"{url}/{name}"  # named by its URL
+    size = (root / name).stat().st_size
+    # read by ranges, whole or by windows: each block once, the overviews (a quarter of a COG) never
+    # (by windows this was 3.3x the file while rasterio took GDAL_CACHEMAX=128 as 128 bytes)
+    assert 0 < RangeHandler.served[name] < 0.8 * size
 
 
 def test_a_stac_item_names_the_asset_to_read(monkeypatch, capsys, tiny_dir, server, tmp_path):

@@ -48,8 +48,14 @@ GDAL_CACHE_MB = 128
 
 
 def bounded_gdal_cache() -> rasterio.Env:
-    """A ``rasterio.Env`` whose block cache holds at most :data:`GDAL_CACHE_MB`."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    """A ``rasterio.Env`` whose block cache holds at most :data:`GDAL_CACHE_MB`.
+
+    rasterio hands an integer ``GDAL_CACHEMAX`` to ``GDALSetCacheMax64`` as **bytes**
+    (GDAL's "under 100,000 means MB" rule applies only to the string form), so the
+    value is given in bytes: ``GDAL_CACHEMAX=128`` was a 128-byte cache, which decoded
+    (and, for a remote scene, fetched) every block again on each read.
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024)
 
 
 class SceneReader:
