@@ -188,3 +188,32 @@ def test_cancel_stops_ovearth_and_leaves_no_output(pyqgis, qgis_env, samples, ti
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(out) not in ps, "ovearth still runs"
+
+
+def test_qgis_process_evaluate_gives_the_metrics_of_the_cli(qgis_env, tiny_dir, tmp_path):
+    """``ovearth:evaluate`` on a fake LoveDA in its real layout: the metrics of ``ovearth eval``."""
+    from tests.data.make_synthetic import make_dataset
+
+    make_dataset("loveda", tmp_path, num_images=2, size=(40, 48))
+    root = tmp_path / "loveda"
+    cli = tmp_path / "cli"
+    command = [sys.executable, "-m", "ovearth", "eval", "--dataset", "loveda", "--data-root", str(root)]
+    command += ["--model", str(tiny_dir), "--device", "cpu", "-o", str(cli)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "qgis"
+    answer = run_qgis_process(
+        qgis_env,
+        "ovearth:evaluate",
+        DATA_ROOT=root,
+        DATASET="loveda",
+        MODEL=tiny_dir,
+        DEVICE="cpu",
+        OUTPUT_FOLDER=out,
+    )
+    theirs = json.loads((cli / "metrics.json").read_text())
+    results = answer["results"]
+    assert results["METRICS"] == str(out / "metrics.json")
+    mine = json.loads((out / "metrics.json").read_text())
+    assert mine["mIoU"] == theirs["mIoU"] and mine["per_class"] == theirs["per_class"]
+    assert results["MIOU"] == pytest.approx(theirs["mIoU"])
