@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from ovearth_qgis import runner  # noqa: E402
+from ovearth_qgis import commands, runner  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     model = args.model
     if not model:
         model = str(work / "tiny")
-        command = [*runner.find_executable(), "make-tiny-model", model, "--image-size", "336"]
+        command = [*commands.find_executable(), "make-tiny-model", model, "--image-size", "336"]
         subprocess.run(command, check=True, env=runner.child_environment())
     parameters = {
         "INPUT": args.image,

@@ -189,11 +189,11 @@ def test_settings_options_table_matches_the_commands_and_the_settings_fields():
     import dataclasses
     import inspect
 
-    from ovearth.cli.app import SETTINGS_OPTIONS, given_settings
     from ovearth.cli.benchmarks import eval_
     from ovearth.cli.calibrate import calibrate
     from ovearth.cli.images import segment
     from ovearth.cli.reproduce import reproduce
+    from ovearth.cli.settings_options import SETTINGS_OPTIONS, given_settings
     from ovearth.segment.settings import SegmentSettings
 
     fields = {f.name for f in dataclasses.fields(SegmentSettings)}

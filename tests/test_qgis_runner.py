@@ -1,4 +1,4 @@
-"""The QGIS plugin's subprocess logic (``qgis_plugin/ovearth_qgis/runner.py``), without QGIS.
+"""The QGIS plugin's parts without QGIS: ``commands.py``, ``runner.py``, ``outputs.py``.
 
 Command lines from the algorithms' choices, progress lines to a percentage, the executable
 lookup, and running: a fake long-running executable checks the kill mechanics (the whole
@@ -23,7 +23,7 @@ import rasterio
 PLUGIN = Path(__file__).resolve().parents[1] / "qgis_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from ovearth_qgis import runner  # noqa: E402 (the plugin folder is not a package of the project)
+from ovearth_qgis import commands, errors, outputs, runner  # noqa: E402 (the plugin folder is not a package of the project)
 
 OVEARTH = [sys.executable, "-m", "ovearth"]
 
@@ -32,7 +32,7 @@ OVEARTH = [sys.executable, "-m", "ovearth"]
 
 
 def test_segment_command_maps_every_choice():
-    options = runner.SegmentOptions(
+    options = commands.SegmentOptions(
         image="/data/scene one.tif",
         output="/out",
         classes="building,house;road",
@@ -52,7 +52,7 @@ def test_segment_command_maps_every_choice():
         overwrite=True,
         extra="--refine 'smooth:a=0.2' --zoom k=4,scale=2",
     )
-    assert runner.segment_command(["ovearth"], options) == [
+    assert commands.segment_command(["ovearth"], options) == [
         "ovearth",
         "segment",
         "/data/scene one.tif",
@@ -92,19 +92,33 @@ def test_segment_command_maps_every_choice():
 
 
 def test_segment_command_leaves_defaults_to_ovearth():
-    plain = runner.SegmentOptions(image="a.tif", output="o", preset="loveda", model="", device=" ")
-    assert runner.segment_command(["x"], plain) == ["x", "segment", "a.tif", "-o", "o", "--preset", "loveda"]
-    whole = runner.SegmentOptions(image="a.tif", output="o", classes="a;b", windowed=False, slide_crop=0)
-    assert runner.segment_command(["x"], whole)[-3:] == ["--slide-crop", "0", "--whole"]
+    plain = commands.SegmentOptions(image="a.tif", output="o", preset="loveda", model="", device=" ")
+    assert commands.segment_command(["x"], plain) == [
+        "x",
+        "segment",
+        "a.tif",
+        "-o",
+        "o",
+        "--preset",
+        "loveda",
+    ]
+    whole = commands.SegmentOptions(image="a.tif", output="o", classes="a;b", windowed=False, slide_crop=0)
+    assert commands.segment_command(["x"], whole)[-3:] == ["--slide-crop", "0", "--whole"]
     for classes, preset in (("", ""), ("a;b", "loveda")):
-        with pytest.raises(runner.OvearthError, match="either classes"):
-            runner.segment_command(["x"], runner.SegmentOptions("a.tif", "o", classes=classes, preset=preset))
-    with pytest.raises(runner.OvearthError, match="extra options"):
-        runner.segment_command(["x"], runner.SegmentOptions("a.tif", "o", classes="a", extra="--refine 'x"))
+        with pytest.raises(errors.OvearthError, match="either classes"):
+            commands.segment_command(
+                ["x"], commands.SegmentOptions("a.tif", "o", classes=classes, preset=preset)
+            )
+    with pytest.raises(errors.OvearthError, match="extra options"):
+        commands.segment_command(
+            ["x"], commands.SegmentOptions("a.tif", "o", classes="a", extra="--refine 'x")
+        )
 
 
 def test_vectorize_and_eval_commands():
-    command = runner.vectorize_command(["ov"], "l.tif", "p.gpkg", classes="a;b", scores="s.tif", min_area=4.0)
+    command = commands.vectorize_command(
+        ["ov"], "l.tif", "p.gpkg", classes="a;b", scores="s.tif", min_area=4.0
+    )
     assert command == [
         "ov",
         "vectorize",
@@ -118,8 +132,14 @@ def test_vectorize_and_eval_commands():
         "--min-area",
         "4",
     ]
-    assert runner.vectorize_command(["ov"], "l.tif", "p.gpkg") == ["ov", "vectorize", "l.tif", "-o", "p.gpkg"]
-    command = runner.eval_command(
+    assert commands.vectorize_command(["ov"], "l.tif", "p.gpkg") == [
+        "ov",
+        "vectorize",
+        "l.tif",
+        "-o",
+        "p.gpkg",
+    ]
+    command = commands.eval_command(
         ["ov"],
         "/data",
         "/out",
@@ -146,18 +166,18 @@ def test_vectorize_and_eval_commands():
         "0.25",
         "--save-predictions",
     ]
-    assert runner.eval_command(["ov"], "/d", "/o", dataset_config="my.yaml")[-2:] == [
+    assert commands.eval_command(["ov"], "/d", "/o", dataset_config="my.yaml")[-2:] == [
         "--dataset-config",
         "my.yaml",
     ]
-    with pytest.raises(runner.OvearthError, match="either a built-in"):
-        runner.eval_command(["ov"], "/d", "/o")
+    with pytest.raises(errors.OvearthError, match="either a built-in"):
+        commands.eval_command(["ov"], "/d", "/o")
 
 
 def test_output_stem():
-    assert runner.output_stem("/data/RGB.byte.tif") == "RGB.byte"
-    assert runner.output_stem(r"C:\data\scene.TIF") == "scene"
-    assert runner.output_stem("https://host/cog/scene.tif?token=1") == "scene"
+    assert outputs.output_stem("/data/RGB.byte.tif") == "RGB.byte"
+    assert outputs.output_stem(r"C:\data\scene.TIF") == "scene"
+    assert outputs.output_stem("https://host/cog/scene.tif?token=1") == "scene"
 
 
 # --------------------------------------------------------------------------- progress
@@ -206,24 +226,24 @@ def test_executable_from_setting_variable_or_path(tmp_path):
     (env_dir / "bin").mkdir(parents=True)
     in_env = make_executable(env_dir / "bin" / "ovearth", "")
     python = make_executable(tmp_path / "python3.11", "")
-    assert runner.find_executable(str(script), environ={}) == [str(script)]
-    assert runner.find_executable(str(env_dir), environ={}) == [str(in_env)]
-    assert runner.find_executable(str(python), environ={}) == [str(python), "-m", "ovearth"]
-    assert runner.find_executable("", environ={"OVEARTH_EXECUTABLE": str(script)}) == [str(script)]
-    assert runner.find_executable(None, environ={"OVEARTH_EXECUTABLE": "", "PATH": str(tmp_path)}) == [
+    assert commands.find_executable(str(script), environ={}) == [str(script)]
+    assert commands.find_executable(str(env_dir), environ={}) == [str(in_env)]
+    assert commands.find_executable(str(python), environ={}) == [str(python), "-m", "ovearth"]
+    assert commands.find_executable("", environ={"OVEARTH_EXECUTABLE": str(script)}) == [str(script)]
+    assert commands.find_executable(None, environ={"OVEARTH_EXECUTABLE": "", "PATH": str(tmp_path)}) == [
         str(script)
     ]
-    assert runner.find_executable(str(script), environ={"OVEARTH_EXECUTABLE": "/nowhere"}) == [str(script)]
+    assert commands.find_executable(str(script), environ={"OVEARTH_EXECUTABLE": "/nowhere"}) == [str(script)]
     with pytest.raises(
-        runner.ExecutableNotFound, match="OVEARTH_EXECUTABLE names /nowhere/ovearth, which does"
+        errors.ExecutableNotFound, match="OVEARTH_EXECUTABLE names /nowhere/ovearth, which does"
     ):
-        runner.find_executable(None, environ={"OVEARTH_EXECUTABLE": "/nowhere/ovearth"})
-    with pytest.raises(runner.ExecutableNotFound, match="ovearth was not found: set the ovearth executable"):
-        runner.find_executable(None, environ={"PATH": str(tmp_path / "empty")})
+        commands.find_executable(None, environ={"OVEARTH_EXECUTABLE": "/nowhere/ovearth"})
+    with pytest.raises(errors.ExecutableNotFound, match="ovearth was not found: set the ovearth executable"):
+        commands.find_executable(None, environ={"PATH": str(tmp_path / "empty")})
     plain = tmp_path / "not-executable"
     plain.write_text("")
-    with pytest.raises(runner.ExecutableNotFound, match="not executable"):
-        runner.find_executable(str(plain), environ={})
+    with pytest.raises(errors.ExecutableNotFound, match="not executable"):
+        commands.find_executable(str(plain), environ={})
 
 
 # --------------------------------------------------------------------------- running (fake ovearth)
@@ -274,13 +294,13 @@ def test_cancel_ends_the_process_group_and_removes_the_new_files(fake, tmp_path,
     (out / "scene_labels.tif").write_text("an earlier run's")  # there before: kept
     (out / "notes.txt").write_text("the user's")
     progress = []
-    guard = runner.OutputGuard(str(out), prefixes=("scene_",), names=("run.json",))
+    guard = outputs.OutputGuard(str(out), prefixes=("scene_",), names=("run.json",))
 
     def cancel() -> bool:
         return len(progress) >= 3
 
     start = time.monotonic()
-    with pytest.raises(runner.Cancelled):
+    with pytest.raises(errors.Cancelled):
         runner.run_ovearth(
             [str(fake), str(out), mode, str(tmp_path / "pids")],
             on_progress=progress.append,
@@ -300,7 +320,7 @@ def test_cancel_ends_the_process_group_and_removes_the_new_files(fake, tmp_path,
 def test_failure_raises_the_error_line(fake, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(runner.OvearthFailed, match=r"^the classes are empty\.$") as failed:
+    with pytest.raises(errors.OvearthFailed, match=r"^the classes are empty\.$") as failed:
         runner.run_ovearth([str(fake), str(out), "fail", str(tmp_path / "pids")])
     assert failed.value.returncode == 2
     os.kill(int((tmp_path / "pids").read_text().split()[1]), signal.SIGKILL)  # the fake's orphan
@@ -322,7 +342,7 @@ def test_success_reports_lines_and_ends_at_100(fake, tmp_path):
 
 
 def test_a_missing_executable_is_one_sentence(tmp_path):
-    with pytest.raises(runner.ExecutableNotFound, match="could not start"):
+    with pytest.raises(errors.ExecutableNotFound, match="could not start"):
         runner.run_ovearth([str(tmp_path / "nothing")])
 
 
@@ -351,8 +371,8 @@ def test_palette_from_qml(tmp_path):
         '<paletteEntry value="254" color="#dcdcdc" alpha="255" label="unclassified" />'
         "</colorPalette></rasterrenderer></pipe></qgis>"
     )
-    assert runner.palette_from_qml(str(style)) == [(0, "#1f77b4", "water"), (254, "#dcdcdc", "unclassified")]
-    assert runner.palette_from_qml(str(tmp_path / "missing.qml")) == []
+    assert outputs.palette_from_qml(str(style)) == [(0, "#1f77b4", "water"), (254, "#dcdcdc", "unclassified")]
+    assert outputs.palette_from_qml(str(tmp_path / "missing.qml")) == []
 
 
 # --------------------------------------------------------------------------- running (real ovearth)
@@ -371,7 +391,7 @@ def cli_labels(image: Path, out: Path, tiny_dir: Path, *extra: str) -> np.ndarra
 def test_runner_writes_the_labels_of_the_cli(samples, tiny_dir, tmp_path):
     image = samples / "RGB.byte.tif"
     expected = cli_labels(image, tmp_path / "cli", tiny_dir)
-    options = runner.SegmentOptions(
+    options = commands.SegmentOptions(
         image=str(image),
         output=str(tmp_path / "plugin"),
         classes=CLASSES,
@@ -380,8 +400,8 @@ def test_runner_writes_the_labels_of_the_cli(samples, tiny_dir, tmp_path):
         vector=True,
     )
     progress = []
-    runner.run_ovearth(runner.segment_command(OVEARTH, options), on_progress=progress.append)
-    written = runner.segment_outputs(options.output, options.image)
+    runner.run_ovearth(commands.segment_command(OVEARTH, options), on_progress=progress.append)
+    written = outputs.segment_outputs(options.output, options.image)
     assert Path(written["labels"]) == tmp_path / "plugin" / "RGB.byte_labels.tif"
     assert Path(written["style"]).is_file() and Path(written["polygons"]).is_file()
     with rasterio.open(written["labels"]) as dataset:
@@ -394,7 +414,7 @@ def test_cancelled_real_run_leaves_no_output(samples, tiny_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("kept")
-    options = runner.SegmentOptions(
+    options = commands.SegmentOptions(
         image=str(samples / "RGB.byte.tif"),
         output=str(out),
         classes=CLASSES,
@@ -404,11 +424,11 @@ def test_cancelled_real_run_leaves_no_output(samples, tiny_dir, tmp_path):
         slide_stride=224,
         scores=True,
     )
-    guard = runner.OutputGuard(str(out), prefixes=("RGB.byte_",), names=("run.json",))
+    guard = outputs.OutputGuard(str(out), prefixes=("RGB.byte_",), names=("run.json",))
     start = time.monotonic()
-    with pytest.raises(runner.Cancelled):
+    with pytest.raises(errors.Cancelled):
         runner.run_ovearth(
-            runner.segment_command(OVEARTH, options),
+            commands.segment_command(OVEARTH, options),
             is_cancelled=lambda: (
                 time.monotonic() - start > 6 or any(p.name.startswith(".") for p in out.iterdir())
             ),

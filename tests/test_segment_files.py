@@ -94,7 +94,17 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys,
     assert lines[1].startswith("segment: 2/3 (67 %)") and lines[-1].startswith("segment: done, 3 in ")
 
     # a whole image with sliding windows reports its windows too (the rate and ETA of that image)
-    code, err = segment(monkeypatch, capsys, tiny_dir, folder / "a.png", tmp_path / "w", "--slide-crop", "28", "--slide-stride", "28")
+    code, err = segment(
+        monkeypatch,
+        capsys,
+        tiny_dir,
+        folder / "a.png",
+        tmp_path / "w",
+        "--slide-crop",
+        "28",
+        "--slide-stride",
+        "28",
+    )
     windows = [line for line in err.splitlines() if line.startswith("segment windows:")]
     assert code == 0 and windows[-1].startswith("segment windows: 4/4 (100 %), "), err
 

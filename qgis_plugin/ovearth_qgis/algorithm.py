@@ -23,7 +23,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 
-from . import runner
+from . import commands, errors, outputs, runner
 
 #: Key of the executable in Processing's settings (Settings > Options > Processing > Providers > ovearth).
 EXECUTABLE_SETTING = "OVEARTH_EXECUTABLE"
@@ -73,17 +73,17 @@ class OvearthAlgorithm(QgsProcessingAlgorithm):
         return ""
 
     def executable(self) -> list[str]:
-        """The command prefix that runs ovearth (see :func:`runner.find_executable`)."""
+        """The command prefix that runs ovearth (see :func:`commands.find_executable`)."""
         try:
-            return runner.find_executable(configured_executable())
-        except runner.OvearthError as error:
+            return commands.find_executable(configured_executable())
+        except errors.OvearthError as error:
             raise QgsProcessingException(str(error)) from None
 
     def run_command(
         self,
         command: list[str],
         feedback: QgsProcessingFeedback | None,
-        guard: runner.OutputGuard | None = None,
+        guard: outputs.OutputGuard | None = None,
     ) -> runner.RunResult:
         """Run ``command``, its lines to the log, its progress to the bar; cancel with the dialog.
 
@@ -101,7 +101,7 @@ class OvearthAlgorithm(QgsProcessingAlgorithm):
                 is_cancelled=feedback.isCanceled,
                 cleanup=guard,
             )
-        except runner.OvearthError as error:
+        except errors.OvearthError as error:
             raise QgsProcessingException(str(error)) from None
 
     @staticmethod
@@ -195,7 +195,7 @@ class ClassesStyle(QgsProcessingLayerPostProcessorInterface):
         ):
             return
         categories = []
-        for value, colour, label in runner.palette_from_qml(self.style):
+        for value, colour, label in outputs.palette_from_qml(self.style):
             if value == 255:  # nodata: never a polygon
                 continue
             symbol = QgsSymbol.defaultSymbol(QgsWkbTypes.PolygonGeometry)

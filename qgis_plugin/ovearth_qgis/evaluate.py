@@ -16,7 +16,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from . import runner
+from . import commands, errors, outputs
 from .algorithm import EXECUTABLE_HELP, OvearthAlgorithm
 
 
@@ -125,7 +125,7 @@ class EvaluateAlgorithm(OvearthAlgorithm):
         if not folder:
             raise QgsProcessingException("no output folder.")
         try:
-            command = runner.eval_command(
+            command = commands.eval_command(
                 self.executable(),
                 self.parameterAsFile(parameters, self.DATA_ROOT, context),
                 folder,
@@ -139,14 +139,14 @@ class EvaluateAlgorithm(OvearthAlgorithm):
                 save_predictions=self.parameterAsBoolean(parameters, self.SAVE_PREDICTIONS, context),
                 extra=self.parameterAsString(parameters, self.EXTRA, context),
             )
-        except runner.OvearthError as error:
+        except errors.OvearthError as error:
             raise QgsProcessingException(str(error)) from None
         os.makedirs(folder, exist_ok=True)
         # no cleanup on cancel: ovearth eval resumes from its cache, and removes its own temporary files
         self.run_command(command, feedback)
         try:
-            summary = runner.metrics_summary(folder)
-        except runner.OvearthError as error:
+            summary = outputs.metrics_summary(folder)
+        except errors.OvearthError as error:
             raise QgsProcessingException(str(error)) from None
         feedback.pushInfo(", ".join(f"{key} {value:.2f}" for key, value in summary.items()))
         return {

@@ -18,7 +18,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from . import runner
+from . import commands, errors, outputs
 from .algorithm import (
     EXECUTABLE_HELP,
     ClassesStyle,
@@ -211,7 +211,7 @@ class SegmentAlgorithm(OvearthAlgorithm):
         self.addOutput(QgsProcessingOutputFile(self.OVERLAY, "Overlay picture"))
         self.addOutput(QgsProcessingOutputFile(self.RUN_RECORD, "run.json"))
 
-    def options(self, parameters, context) -> runner.SegmentOptions:
+    def options(self, parameters, context) -> commands.SegmentOptions:
         """The ovearth options the parameters ask for."""
         image, layer = self.raster_file(parameters, self.INPUT, context)
         folder = self.parameterAsFileOutput(parameters, self.OUTPUT_FOLDER, context)
@@ -219,7 +219,7 @@ class SegmentAlgorithm(OvearthAlgorithm):
             raise QgsProcessingException("no output folder.")
         bands = self.parameterAsString(parameters, self.BANDS, context) or layer_bands(layer)
         polygons = self.parameterAsBoolean(parameters, self.POLYGONS, context)
-        return runner.SegmentOptions(
+        return commands.SegmentOptions(
             image=image,
             output=folder,
             classes=self.parameterAsString(parameters, self.CLASSES, context),
@@ -250,16 +250,16 @@ class SegmentAlgorithm(OvearthAlgorithm):
         """Run ``ovearth segment``; return (and load) what it wrote."""
         options = self.options(parameters, context)
         try:
-            command = runner.segment_command(self.executable(), options)
-        except runner.OvearthError as error:
+            command = commands.segment_command(self.executable(), options)
+        except errors.OvearthError as error:
             raise QgsProcessingException(str(error)) from None
         os.makedirs(options.output, exist_ok=True)
-        stem = runner.output_stem(options.image)
-        guard = runner.OutputGuard(options.output, prefixes=(stem + "_",), names=("run.json",))
+        stem = outputs.output_stem(options.image)
+        guard = outputs.OutputGuard(options.output, prefixes=(stem + "_",), names=("run.json",))
         self.run_command(command, feedback, guard)
         try:
-            written = runner.segment_outputs(options.output, options.image)
-        except runner.OvearthError as error:
+            written = outputs.segment_outputs(options.output, options.image)
+        except errors.OvearthError as error:
             raise QgsProcessingException(str(error)) from None
         results = {
             self.OUTPUT_FOLDER: options.output,

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from . import runner
+from . import commands, outputs
 from .algorithm import _KEEP, EXECUTABLE_HELP, ClassesStyle, OvearthAlgorithm
 
 
@@ -103,7 +103,7 @@ class VectorizeAlgorithm(OvearthAlgorithm):
         os.makedirs(folder, exist_ok=True)
         min_area = self.optional_number(parameters, self.MIN_AREA, context)
         simplify = self.optional_number(parameters, self.SIMPLIFY, context)
-        command = runner.vectorize_command(
+        command = commands.vectorize_command(
             self.executable(),
             labels,
             output,
@@ -113,7 +113,7 @@ class VectorizeAlgorithm(OvearthAlgorithm):
             simplify=simplify or None,
         )
         name = os.path.basename(output)
-        self.run_command(command, feedback, runner.OutputGuard(folder, names=(name,)))
+        self.run_command(command, feedback, outputs.OutputGuard(folder, names=(name,)))
         style = os.path.splitext(labels)[0] + ".qml"
         if os.path.isfile(style) and context.willLoadLayerOnCompletion(output):
             post = ClassesStyle(style)

@@ -111,6 +111,11 @@ PromptFormOption = Annotated[
         "or transformers (text only, for comparison)."
     ),
 ]
+ModeOption = Annotated[str, typer.Option(help="fast, or reference (the plain per-name loop).")]
+PromptBatchOption = Annotated[
+    int | None, typer.Option(help="Prompts per batch (memory bound); default 1 on CPU, 16 on GPU.")
+]
+SavePredictionsOption = Annotated[bool, typer.Option("--save-predictions", help="Keep colour label maps.")]
 SkipBadOption = Annotated[
     bool, typer.Option("--skip-bad", help="Skip bad images (listed with the reason) instead of stopping.")
 ]
@@ -200,71 +205,6 @@ def protocol_from(dataset: str | None, dataset_config: Path | None):
     if (dataset is None) == (dataset_config is None):
         raise InputError("Give exactly one of --dataset NAME or --dataset-config FILE.")
     return load_protocol(dataset if dataset is not None else dataset_config)
-
-
-def given(**options):
-    """The options the user gave (None means "not given": the protocol's value stays)."""
-    return {key: value for key, value in options.items() if value is not None}
-
-
-#: the command options that set a :class:`~ovearth.segment.settings.SegmentSettings` field,
-#: option parameter -> field, one table per command (``tests/test_cli.py`` checks every
-#: key against the command's parameters and every value against the settings' fields, so
-#: a renamed option fails there instead of silently leaving the setting at its default)
-_RUN_KNOBS = {
-    "mode": "mode",
-    "confidence_threshold": "confidence_threshold",
-    "prob_thd": "prob_thd",
-    "class_prob_thd": "class_prob_thd",
-    "prompt_batch": "prompt_batch",
-    "refine": "refine",
-    "refine_at": "refine_at",
-    "refine_for": "refine_for",
-    "zoom": "zoom",
-    "skip_absent": "skip_absent",
-    "precision": "precision",
-    "prompt_form": "prompt_form",
-    "view_batch": "view_batch",
-    "compile_backbone": "compile",
-}
-SETTINGS_OPTIONS: dict[str, dict[str, str]] = {
-    "segment": {
-        **_RUN_KNOBS,
-        "bg_idx": "bg_idx",
-        "slide_crop": "slide_crop",
-        "slide_stride": "slide_stride",
-        "instances": "use_instances",
-        "semantic": "use_semantic",
-        "presence": "use_presence",
-    },
-    "eval": _RUN_KNOBS,
-    # every dataset keeps its protocol's thresholds: the run-wide knobs only
-    "reproduce": {
-        name: field
-        for name, field in _RUN_KNOBS.items()
-        if name not in ("confidence_threshold", "prob_thd", "class_prob_thd")
-    },
-    "calibrate": {
-        name: _RUN_KNOBS[name] for name in ("refine", "refine_at", "refine_for", "precision", "prompt_form")
-    },
-}
-
-
-def given_settings(command: str, parameters: dict) -> dict:
-    """The SegmentSettings fields that ``command``'s ``parameters`` (its ``locals()``) were given.
-
-    Reads exactly the options of :data:`SETTINGS_OPTIONS` ``[command]``; an option whose
-    value is None was not given (the protocol's or preset's value stays).
-
-    Raises:
-        KeyError: an option of the table that the command does not have (a renamed option).
-
-    """
-    table = SETTINGS_OPTIONS[command]
-    missing = sorted(set(table) - set(parameters))
-    if missing:
-        raise KeyError(f"{command}: no parameter {', '.join(missing)} (see SETTINGS_OPTIONS)")
-    return given(**{field: parameters[option] for option, field in table.items()})
 
 
 ProbThdOption = Annotated[

@@ -14,13 +14,16 @@ from .app import (
     CompileOption,
     DeviceOption,
     ModelOption,
+    ModeOption,
     OutputOption,
     PlainProgress,
     PrecisionOption,
     ProbThdOption,
+    PromptBatchOption,
     PromptFormOption,
     RefineAtOption,
     RefineForOption,
+    SavePredictionsOption,
     SkipAbsentOption,
     SkipBadOption,
     VerboseOption,
@@ -28,7 +31,6 @@ from .app import (
     ZoomOption,
     app,
     err,
-    given_settings,
     is_main_process,
     load_on,
     parse_prob_thd,
@@ -36,6 +38,7 @@ from .app import (
     protocol_from,
     setup_logging,
 )
+from .settings_options import given_settings
 
 
 def with_split(protocol, split: Path):
@@ -64,7 +67,7 @@ def eval_(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     adapter: AdapterOption = None,
-    mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
+    mode: ModeOption = "fast",
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     split: Annotated[
         Path | None,
@@ -73,14 +76,10 @@ def eval_(
         ),
     ] = None,
     skip_bad: SkipBadOption = False,
-    save_predictions: Annotated[
-        bool, typer.Option("--save-predictions", help="Keep colour label maps.")
-    ] = False,
+    save_predictions: SavePredictionsOption = False,
     confidence_threshold: Annotated[float | None, typer.Option(help="Override the protocol's value.")] = None,
     prob_thd: ProbThdOption = None,
-    prompt_batch: Annotated[
-        int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
-    ] = None,
+    prompt_batch: PromptBatchOption = None,
     refine: Annotated[
         str | None, typer.Option(help="Token refinement, e.g. 'smooth:a=0.2' (see `ovearth refiners`).")
     ] = None,

@@ -24,7 +24,6 @@ from .app import (
     VerboseOption,
     app,
     err,
-    given_settings,
     is_main_process,
     labelled,
     load_on,
@@ -33,6 +32,7 @@ from .app import (
     setup_logging,
     warn,
 )
+from .settings_options import given_settings
 
 
 def parse_grid(text: str | None, option: str) -> tuple[float, ...] | None:

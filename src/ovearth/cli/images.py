@@ -16,11 +16,13 @@ from .app import (
     CompileOption,
     DeviceOption,
     ModelOption,
+    ModeOption,
     OutputOption,
     PlainProgress,
     PrecisionOption,
     PresetOption,
     ProbThdOption,
+    PromptBatchOption,
     PromptFormOption,
     RefineAtOption,
     RefineForOption,
@@ -31,8 +33,6 @@ from .app import (
     ZoomOption,
     app,
     err,
-    given,
-    given_settings,
     is_main_process,
     load_on,
     parse_prob_thd,
@@ -40,6 +40,7 @@ from .app import (
     setup_logging,
     vocabulary_and_settings,
 )
+from .settings_options import given, given_settings
 
 
 @app.command()
@@ -60,7 +61,7 @@ def segment(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     adapter: AdapterOption = None,
-    mode: Annotated[str, typer.Option(help="fast, or reference (the plain per-name loop).")] = "fast",
+    mode: ModeOption = "fast",
     confidence_threshold: Annotated[
         float | None, typer.Option(help="Keep instances scoring above this.")
     ] = None,
@@ -81,9 +82,7 @@ def segment(
     presence: Annotated[
         bool | None, typer.Option("--presence/--no-presence", help="Presence factor.")
     ] = None,
-    prompt_batch: Annotated[
-        int | None, typer.Option(help="Prompts per batch (memory bound); default 1 on CPU, 16 on GPU.")
-    ] = None,
+    prompt_batch: PromptBatchOption = None,
     refine: Annotated[
         str | None,
         typer.Option(

@@ -14,12 +14,15 @@ from .app import (
     CompileOption,
     DeviceOption,
     ModelOption,
+    ModeOption,
     OutputOption,
     PlainProgress,
     PrecisionOption,
+    PromptBatchOption,
     PromptFormOption,
     RefineAtOption,
     RefineForOption,
+    SavePredictionsOption,
     SkipAbsentOption,
     SkipBadOption,
     VerboseOption,
@@ -27,13 +30,13 @@ from .app import (
     ZoomOption,
     app,
     err,
-    given_settings,
     is_main_process,
     load_on,
     progress_bar,
     setup_logging,
     warn,
 )
+from .settings_options import given_settings
 
 
 @app.command()
@@ -60,15 +63,11 @@ def reproduce(
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     adapter: AdapterOption = None,
-    mode: Annotated[str, typer.Option(help="fast, or reference.")] = "fast",
+    mode: ModeOption = "fast",
     limit: Annotated[int | None, typer.Option(help="Only the first N images of each dataset.")] = None,
     skip_bad: SkipBadOption = False,
-    save_predictions: Annotated[
-        bool, typer.Option("--save-predictions", help="Keep colour label maps.")
-    ] = False,
-    prompt_batch: Annotated[
-        int | None, typer.Option(help="Prompts per batch; default 1 on CPU, 16 on GPU.")
-    ] = None,
+    save_predictions: SavePredictionsOption = False,
+    prompt_batch: PromptBatchOption = None,
     refine: Annotated[
         str | None, typer.Option(help="Token refinement for every dataset, e.g. 'smooth:a=0.2'.")
     ] = None,

@@ -19,12 +19,12 @@ from .app import (
     VerboseOption,
     app,
     err,
-    given,
     load_on,
     progress_bar,
     protocol_from,
     setup_logging,
 )
+from .settings_options import given
 
 
 def parse_weights(text: str) -> dict[str, float]:
