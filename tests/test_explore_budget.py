@@ -26,8 +26,9 @@ from ovearth.explore.budget import (
 )
 from ovearth.explore.catalog import ImageCatalog, NotFound
 from ovearth.explore.request import parse_run
+from ovearth.explore.results import held_bytes
 from ovearth.explore.server import create_app
-from ovearth.explore.session import ExploreSession, held_bytes
+from ovearth.explore.session import ExploreSession
 from ovearth.model.preprocess import preprocess
 from ovearth.model.stages import Sam3Stages
 from ovearth.segment.windows import views_for

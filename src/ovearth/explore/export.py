@@ -27,7 +27,7 @@ from ..run.plan import FileOptions, output_paths
 from ..segment.fusion import scores_for_writing
 from ..segment.segmentor import Segmentor
 from ..viz import overlay, palette
-from .session import Result
+from .results import Result
 
 
 def safe_stem(name: str) -> str:

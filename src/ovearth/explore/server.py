@@ -63,7 +63,8 @@ from .catalog import NotFound
 from .export import export_zip, preset_yaml, safe_stem
 from .guard import HostRule, RequestGuard, WrongMediaType, require_media_type
 from .request import SETTING_FIELDS, parse_run
-from .session import ATTENTION_KINDS, ExploreSession, Result
+from .results import ATTENTION_KINDS, Result
+from .session import ExploreSession
 
 logger = logging.getLogger(__name__)
 

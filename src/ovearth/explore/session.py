@@ -43,11 +43,9 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,7 +61,6 @@ from ..segment.segmentor import Segmentor
 from ..segment.settings import ACCELERATOR_PROMPT_BATCH, SegmentSettings
 from ..segment.views import HeldImage, image_digest
 from ..segment.windows import Window, views_for
-from ..viz import palette
 from .budget import (
     CACHE_MEMORY_BYTES,
     RUN_MEMORY_BYTES,
@@ -79,6 +76,7 @@ from .cache import LruCache
 from .catalog import ImageCatalog, NotFound
 from .picture import Picture, decode_bytes, load_picture, picture_header, working_size
 from .request import RunRequest
+from .results import ATTENTION_KINDS, AttentionMaps, Result, held_bytes, result_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -90,63 +88,6 @@ PICTURES_KEPT, ATTENTION_KEPT = 4, 32
 
 #: Views listed to find those already held (beyond this, every view counts as new).
 MAX_VIEWS_LISTED = 4096
-
-#: The attention aggregations shown (see :mod:`ovearth.model.attention`).
-ATTENTION_KINDS = ("queries", "scored", "presence")
-
-
-@dataclass
-class Result:
-    """One run's outcome, kept for the pictures, the pixel readout and the exports.
-
-    Attributes:
-        id: the page's handle.
-        picture: the working image.
-        request: what was asked (classes, enabled ones, settings).
-        class_logits: ``[K, H, W]`` float32 scores of the enabled classes.
-        labels: ``[H, W]`` uint8: class index (into the enabled classes), 254 unclassified,
-            255 nodata.
-        presence: ``[K]`` presence of each enabled class (max over its names).
-        name_presence: ``[P]`` presence of each prompt name of the enabled classes.
-        computed: the names this run sent through the model (the others were cached).
-        seconds: wall time of the run.
-
-    """
-
-    id: str
-    picture: Picture
-    request: RunRequest
-    class_logits: Tensor
-    labels: np.ndarray
-    presence: Tensor
-    name_presence: Tensor
-    computed: tuple[str, ...]
-    seconds: float
-
-    @property
-    def colors(self) -> np.ndarray:
-        """``[K, 3]`` uint8: each enabled class keeps the colour of its place in the full list."""
-        return palette(len(self.request.classes))[list(self.request.enabled)]
-
-
-@dataclass
-class AttentionMaps:
-    """Decoder attention of one class's first name (see :mod:`ovearth.model.attention`).
-
-    Attributes:
-        prompt: the name that was prompted.
-        weights: kind (:data:`ATTENTION_KINDS`) -> ``[N]`` patch weights summing to 1.
-        grid: ``(h, w)`` token grid, ``h * w = N``.
-        presence: the prompt's presence score.
-        kept: queries whose score exceeds ``confidence_threshold``.
-
-    """
-
-    prompt: str
-    weights: dict[str, Tensor]
-    grid: tuple[int, int]
-    presence: float
-    kept: int
 
 
 class ExploreSession:
@@ -521,22 +462,6 @@ class ExploreSession:
             self._names.put((picture.key, request.model_key, name), item)
             out[name] = item
         return out
-
-
-def held_bytes(held: HeldImage) -> int:
-    """Bytes of the backbone features a :class:`HeldImage` keeps."""
-    total = 0
-    for features in held.views.values():
-        tensors = [*features.levels, *features.pos]
-        if features.prompt_token is not None:
-            tensors.append(features.prompt_token)
-        total += sum(t.numel() * t.element_size() for t in tensors)
-    return total
-
-
-def result_bytes(result: Result) -> int:
-    """Bytes a :class:`Result` keeps besides its picture (class scores and labels)."""
-    return result.class_logits.numel() * result.class_logits.element_size() + result.labels.nbytes
 
 
 def _describe(plan: RunPlan) -> str:
