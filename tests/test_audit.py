@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ovearth.model.testing import tiny_sam3
-from ovearth.probe.audit import run_audit, write_audit
+from ovearth.probe.audit import run_audit
+from ovearth.probe.audit_report import write_audit
 
 
 @pytest.fixture(scope="module")

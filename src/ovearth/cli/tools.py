@@ -67,7 +67,8 @@ def audit(
     prompt_form: PromptFormOption = None,
 ) -> None:
     """Trace the fused patch tokens through every module that reads them; write audit.md and audit.json."""
-    from ..probe.audit import run_audit, write_audit
+    from ..probe.audit import run_audit
+    from ..probe.audit_report import write_audit
 
     loaded = load_on(model, device)
     result = run_audit(loaded.model, prompt_form=prompt_form or "meta")

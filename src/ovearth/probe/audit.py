@@ -25,22 +25,15 @@ attention bias), convolution input, normalisation, projection, or a container's 
 
 from __future__ import annotations
 
-import inspect
-import json
-import re
-from pathlib import Path
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import Sam3Model
 
-from ..data.atomic import write_text_atomic
 from ..model.preprocess import preprocess
 from ..model.stages import FusedTokens, Sam3Stages, VisionFeatures
 from ..model.tokenizer import builtin_tokenizer, tokenize
+from .audit_trace import Tracer, token_layout
 
-TRANSPARENT = (nn.LayerNorm, nn.GroupNorm, nn.Dropout)
 FUNCTIONAL = ("Sam3Attention", "Conv2d", "Linear", "LayerNorm", "GroupNorm")
 PROBE_CELLS = ((0.5, 0.5), (0.25, 0.75), (0.75, 0.2))  # single-token probes, fractions of (h, w)
 ROLES = {"query": "attention query", "key": "attention key", "value": "attention value"}
@@ -51,119 +44,6 @@ CLAIM = (
     "Key/Value of the query->image cross-attention, nothing writes back, and the segmentation head "
     "never touches them."
 )
-
-
-def _flatten(items: list[tuple[str, Any]]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for name, value in items:
-        if isinstance(value, Tensor):
-            out[name] = value
-        elif isinstance(value, dict):
-            out.update({f"{name}.{k}": v for k, v in value.items() if isinstance(v, Tensor)})
-        elif isinstance(value, (list, tuple)):
-            out.update({f"{name}[{i}]": v for i, v in enumerate(value) if isinstance(v, Tensor)})
-    return out
-
-
-def _named_inputs(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Tensor]:
-    try:
-        names = [p for p in inspect.signature(module.forward).parameters if p not in ("args", "kwargs")]
-    except (TypeError, ValueError):
-        names = []
-    named = [(names[i] if i < len(names) else f"arg{i}", a) for i, a in enumerate(args)]
-    return _flatten(named + list(kwargs.items()))
-
-
-def _layout(shape: tuple[int, ...], grid: tuple[int, int]) -> str | None:
-    """``"grid xS"`` for ``[..., S*h, S*w]``, ``"tokens dim D"`` for an axis of size h*w, else None."""
-    h, w = grid
-    if len(shape) >= 2 and shape[-2] % h == 0 and shape[-1] % w == 0 and shape[-2] // h == shape[-1] // w > 0:
-        return f"grid x{shape[-2] // h}"
-    dims = [d for d, n in enumerate(shape) if n == h * w]
-    return f"tokens dim {dims[-1]}" if dims else None
-
-
-def _cell(diff: Tensor, grid: tuple[int, int]) -> list[int] | None:
-    """Grid cell ``[row, col]`` of the largest change ``diff = |delta|`` along the token axis."""
-    layout, (h, w) = _layout(tuple(diff.shape), grid), grid
-    if layout is None or float(diff.max()) == 0.0:
-        return None
-    if layout.startswith("grid"):
-        scale, width = diff.shape[-2] // h, diff.shape[-1]
-        idx = int(diff.reshape(-1, diff.shape[-2], width).amax(0).argmax())
-        return [idx // width // scale, idx % width // scale]
-    idx = int(diff.movedim(int(layout.split()[-1]), -1).reshape(-1, h * w).amax(0).argmax())
-    return [idx // w, idx % w]
-
-
-class _Tracer:
-    """Forward hooks on every sub-module of ``roots``; one record per module call."""
-
-    def __init__(self, roots: dict[str, nn.Module], grid: tuple[int, int]) -> None:
-        self.paths: dict[nn.Module, str] = {}
-        for prefix, root in roots.items():
-            for name, mod in root.named_modules():
-                self.paths.setdefault(mod, f"{prefix}.{name}" if name else prefix)
-        self.grid, self.run, self.tokens = grid, "reference", torch.empty(0)
-        self.calls: dict[tuple[str, int], dict] = {}
-        self.stops: dict[Any, str] = {}  # grad_fn of a module output -> module path
-        self.count: dict[str, int] = {}
-        self.handles: list = []
-
-    def __enter__(self) -> _Tracer:
-        for mod in self.paths:
-            self.handles.append(mod.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self.handles.append(mod.register_forward_hook(self._post))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def start(self, run: str, tokens: Tensor) -> None:
-        self.run, self.tokens, self.count = run, tokens, {}
-
-    def _source(self, t: Tensor) -> dict:
-        if t.untyped_storage().data_ptr() == self.tokens.untyped_storage().data_ptr():
-            return {"source": "tokens", "via": []}
-        direct, via, seen, stack = False, set(), set(), [t.grad_fn]
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            if getattr(node, "variable", None) is self.tokens:
-                direct = True
-            elif node in self.stops:
-                via.add(self.stops[node])
-            else:
-                stack.extend(n for n, _ in node.next_functions)
-        return {"source": "direct" if direct else "via" if via else "none", "via": sorted(via)}
-
-    def _record(self, key: tuple[str, int], io: str, tensors: dict[str, Tensor], module: nn.Module) -> None:
-        if self.run != "reference":
-            for name, t in tensors.items():
-                entry = self.calls[key][io][name]
-                diff = (t.detach().float() - entry["ref"].float()).abs()
-                entry["changes"][self.run] = [float(diff.max()), _cell(diff, self.grid)]
-            return
-        if io == "in":
-            self.calls[key] = {"path": key[0], "call": key[1], "type": type(module).__name__, "in": {}}
-            self.calls[key]["out"] = {}
-        for name, t in tensors.items():
-            entry = {"shape": list(t.shape), "ref": t.detach().clone(), "changes": {}}
-            self.calls[key][io][name] = entry | (self._source(t) if io == "in" else {})
-            if io == "out" and t.grad_fn is not None and not isinstance(module, TRANSPARENT):
-                self.stops[t.grad_fn] = key[0]  # outer modules overwrite inner ones
-
-    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        path = self.paths[module]
-        self.count[path] = self.count.get(path, 0) + 1
-        self._record((path, self.count[path] - 1), "in", _named_inputs(module, args, kwargs), module)
-
-    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
-        path = self.paths[module]
-        self._record((path, self.count[path] - 1), "out", _flatten([("out", output)]), module)
 
 
 def _prepare(stages: Sam3Stages, size: int, prompt: str, seed: int) -> tuple[VisionFeatures, FusedTokens]:
@@ -202,7 +82,7 @@ def _consumers_forward(
 def _classify(entry: dict, grid: tuple[int, int], probes: list[list[int]]) -> dict:
     changes = entry["changes"]
     floor = 4 * changes["repeat"][0]
-    derived, layout = changes["all"][0] > floor, _layout(tuple(entry["shape"]), grid)
+    derived, layout = changes["all"][0] > floor, token_layout(tuple(entry["shape"]), grid)
     hits = [changes[f"probe{k}"] for k in range(len(probes))]
     kept = derived and layout is not None
     kept = kept and all(
@@ -338,7 +218,7 @@ def _geometry_readers(stages: Sam3Stages, vision: VisionFeatures, seed: int) -> 
     grid = (int(level.shape[-2]), int(level.shape[-1]))
     runs, probes = _perturbations(level.flatten(2).transpose(1, 2).detach(), grid, seed)
     roots = {"geometry_encoder": stages.model.geometry_encoder}
-    with _Tracer(roots, grid) as tracer, torch.enable_grad():
+    with Tracer(roots, grid) as tracer, torch.enable_grad():
         for run, value in runs.items():
             tokens = value if run == "reference" else value.clone().requires_grad_(True)
             tracer.start(run, tokens)
@@ -392,7 +272,7 @@ def run_audit(
     traced = runs["reference"]
     roots = {"detr_decoder": model.detr_decoder, "dot_product_scoring": model.dot_product_scoring}
     checks: dict = {}
-    with _Tracer(roots | {"mask_decoder": model.mask_decoder}, grid) as tracer, torch.enable_grad():
+    with Tracer(roots | {"mask_decoder": model.mask_decoder}, grid) as tracer, torch.enable_grad():
         for run, value in runs.items():
             tokens = traced if run == "reference" else value.clone().requires_grad_(True)
             tracer.start(run, tokens)
@@ -444,101 +324,3 @@ def run_audit(
         "consumers": consumers,
         "geometry_encoder": _geometry_readers(stages, vision, seed) if prompt_form == "meta" else None,
     }
-
-
-def _rows(consumers: list[dict], first: bool) -> str:
-    rows = [
-        "| module | call | input | role | token axis | source | output keeps token axis |",
-        "|---" * 7 + "|",
-    ]
-    for c in consumers:
-        for name, v in c["inputs"].items():
-            if v["token_axis"] == "kept" and (c["first"] or not first):
-                via = ", ".join(f"`{p}`" for p in v["via"])
-                src = {"via": f"via {via}", "direct": "direct" + (f" + via {via}" if via else "")}.get(
-                    v["source"], v["source"]
-                )
-                rows.append(
-                    f"| `{c['path']}` | {c['call']} | `{name}` | {v['role']} | {v['layout']} | {src} | "
-                    f"{'yes' if c['output_token_axis_kept'] else 'no'} |"
-                )
-    return "\n".join(rows)
-
-
-def write_audit(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``audit.json`` and ``audit.md`` (each atomically) into ``out_dir``.
-
-    Returns:
-        ``{"json": path, "md": path}``.
-
-    """
-    paths = {"json": Path(out_dir) / "audit.json", "md": Path(out_dir) / "audit.md"}
-    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
-    m, claim, res = result["model"], result["claim"], result["mask_decoder"]["residual"]
-    consumers = result["consumers"]
-    pooled = sorted(
-        {
-            re.sub(r"layers\.\d+", "layers.*", c["path"])
-            for c in consumers
-            if all(v["token_axis"] != "kept" for v in c["inputs"].values())
-        }
-    )
-    evidence = "\n".join(f"- {e}" for e in claim["evidence"])
-    via, listed = ", ".join(res["via"]) or "nothing", ", ".join(f"`{p}`" for p in pooled)
-    method = (__doc__ or "").split("\n\n", 1)[-1].strip()
-    geo = result.get("geometry_encoder")
-    if geo is None:
-        geometry = "Prompt form `transformers`: the geometry encoder does not run for a text prompt."
-    else:
-        read = "; ".join(f"`{p}` ({', '.join(r)})" for p, r in geo["readers"].items()) or "none found"
-        geometry = (
-            f"Prompt form `meta` (Meta's sam3, SegEarth-OV3): the geometry encoder reads {geo['reads']}. "
-            f"First readers with the token axis kept: {read}. Its output is {geo['output']}, so a "
-            "refinement of the backbone level reaches it and a refinement after the fusion encoder does not."
-        )
-    text = f"""# Patch-token audit
-
-Model: {m["grid"][0]} x {m["grid"][1]} = {m["tokens"]} tokens of {m["channels"]} channels, \
-{m["decoder_layers"]} decoder layers, {m["queries"]} queries, input {m["image_size"]}, {m["dtype"]}, \
-{m["parameters"]:,} parameters; prompt `{result["input"]["prompt"]}` on a synthetic image \
-(seed {result["input"]["seed"]}), prompt form `{result["input"]["prompt_form"]}` \
-({result["input"]["prompt_tokens"]} prompt tokens).
-
-**Claim.** {claim["text"]}
-
-- Decoder part: **{claim["decoder_part"]}**
-- Segmentation-head part: **{claim["segmentation_head_part"]}**
-
-## Evidence
-
-{evidence}
-- residual: max |difference| {res["max_abs_diff"]:.3g}, added term max |.| {res["added_max_abs"]:.3g}, \
-autograd source of the coarse grid: {res["source"]} + via {via}
-- noise floor (unperturbed repeat, any recorded tensor): {result["noise_floor"]:.3g}
-
-## First consumers
-
-Attention, convolution, normalisation and projection modules (not nested in an attention) that \
-receive the tokens, or a direct function of them, with the token axis kept.
-
-{_rows(consumers, True)}
-
-## Every input that keeps the token axis
-
-{_rows(consumers, False)}
-
-## Pooled consumers
-
-Token information reaches these only without a token axis (through the queries, after attention \
-pooling) or as a bias that is not token-aligned: {listed}.
-
-## The geometry encoder: one more reader of the image tokens
-
-{geometry}
-
-## Method
-
-{method}
-"""
-    write_text_atomic(paths["md"], text)
-    return paths
