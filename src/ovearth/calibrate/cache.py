@@ -11,7 +11,7 @@ mask at the same pixels.
 
 Each entry records its *key*, what it was computed for (the image, the name or
 ``target``, and the model, settings, confidences, stride and label rules of the pass;
-see :func:`ovearth.run.calibrate.entry_key`), and the SHA-256 of its arrays and key. It
+see :func:`ovearth.run.calibrate_pass.entry_key`), and the SHA-256 of its arrays and key. It
 is written atomically; on read, an entry whose bytes do not check, or whose key differs
 from the one expected (an entry copied over another's, or one from before keys, which
 has none), is discarded with a warning naming the file and what differed, and recomputed.

@@ -5,8 +5,8 @@
    cached (:mod:`ovearth.calibrate.cache`) under ``out/cache/<pass key>/<image key>/``.
    The pass key hashes the model, the settings that change per-name logits, the grid,
    the stride and the label rules; each entry also records its own key
-   (:func:`entry_key`) and one that differs is recomputed; adding candidates runs only
-   the new names. An image without a *scored* pixel (a labelled one, not
+   (:func:`~ovearth.run.calibrate_pass.entry_key`) and one that differs is recomputed;
+   adding candidates runs only the new names. An image without a *scored* pixel (a labelled one, not
    ``ignore_index`` and a class, on the sample grid: an all-ignore tile, or a tile
    smaller than the stride's offset ``s//2``) is not run. Under ``torchrun`` each process
    takes every ``world_size``-th image; rank 0 searches.
@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from ..calibrate.cache import image_maps, name_key, read_entry, sampled, write_entry
 from ..calibrate.pool import CandidatePool
 from ..calibrate.report import write_report
 from ..calibrate.search import MAX_CUTS, MIN_CUTS, OBJECTIVES, Config, Problem, SearchResult, search
@@ -53,15 +51,13 @@ from ..data.datasets import Sample, SegmentationDataset
 from ..data.output import remove_stale_parts
 from ..errors import InputError
 from ..segment.segmentor import Segmentor
-from .evaluate import Shard, image_key
+from .calibrate_pass import Pixels, ProgressFn, load_maps, load_pixels, model_pass, pass_key
+from .evaluate import Shard
 
 logger = logging.getLogger(__name__)
 
 #: confidence thresholds tried by default (the protocol's own is always added)
 DEFAULT_CONFIDENCES = (0.3, 0.4, 0.5, 0.6, 0.7)
-
-#: ``progress(stage, done, total)`` during the model pass and the search (rank 0 only).
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -148,159 +144,6 @@ def make_splits(samples: list[Sample], holdout: float, folds: int) -> list[Split
         held = sorted(order[f::folds])
         splits.append(Split(f"fold {f + 1}", sorted(set(range(n)) - set(held)), held))
     return splits
-
-
-def pass_key(
-    segmentor: Segmentor, dataset: SegmentationDataset, confidences, stride: int
-) -> tuple[str, dict]:
-    """Hash of what changes the cached maps (not the names: each name has its own entry)."""
-    settings = segmentor.settings.semantic_dict()
-    for key in ("confidence_threshold", "prob_thd", "class_prob_thd", "bg_idx", "skip_absent", "mode"):
-        settings.pop(key, None)
-    identity = {
-        "model": segmentor.loaded.fingerprint,
-        "settings": settings,
-        "confidences": list(confidences),
-        "stride": stride,
-        "labels": {
-            "reduce_zero_label": dataset.protocol.reduce_zero_label,
-            "ignore_index": dataset.protocol.ignore_index,
-        },
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16], identity
-
-
-def entry_key(identity: dict[str, Any], sample: Sample, entry: str) -> dict[str, Any]:
-    """What one cache entry is for: the pass's ``identity`` (see :func:`pass_key`), the image, the entry.
-
-    Args:
-        identity: the pass's model fingerprint, settings, confidence grid, stride and label rules.
-        sample: the image (its name, and :func:`image_key`: the name and its files' state).
-        entry: the prompt name, or ``"target"`` for the label entry.
-
-    """
-    return {**identity, "image": sample.name, "image_key": image_key(sample), "entry": entry}
-
-
-def scored_mask(label: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    """The pixels that count (bool, same shape): a label that is not ``ignore_index`` and is a class."""
-    return (label != ignore_index) & (label < num_classes)
-
-
-def model_pass(
-    segmentor: Segmentor,
-    samples: list[Sample],
-    names: list[str],
-    cache: Path,
-    options: CalibrateOptions,
-    confidences: tuple[float, ...],
-    identity: dict[str, Any],
-    labels: tuple[int, int],
-    shard: Shard,
-    progress: ProgressFn | None = None,
-) -> tuple[int, float]:
-    """Cache every (image, name) of this shard that is not cached yet; ``(images run, seconds)``.
-
-    ``labels``: ``(num_classes, ignore_index)``; an image without a scored pixel gets its
-    target entry only (its maps are never read).
-    """
-    mine = samples[shard.rank :: shard.world_size]
-    start, computed = time.perf_counter(), 0
-    for index, sample in enumerate(mine, start=1):
-        folder = cache / image_key(sample)
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_parts(folder)  # entries a killed run was writing (this shard's images only)
-        target = read_entry(folder / "target.npz", ("label", "valid"), entry_key(identity, sample, "target"))
-        image = None
-        if target is None:
-            image = sample.load_image()
-            target = {
-                "label": np.ascontiguousarray(sampled(sample.load_label(), options.stride)),
-                "valid": np.ascontiguousarray(sampled(image.valid, options.stride)),
-            }
-            write_entry(folder / "target.npz", entry_key(identity, sample, "target"), **target)
-        missing = []
-        if scored_mask(target["label"], *labels).any():
-            missing = [
-                n
-                for n in names
-                if read_entry(folder / name_key(n), ("maps", "presence"), entry_key(identity, sample, n))
-                is None
-            ]
-        if missing:
-            if image is None:
-                image = sample.load_image()
-            found = image_maps(
-                segmentor, image.rgb, image.valid, missing, confidences, options.stride, options.name_batch
-            )
-            for name, (maps, presence) in found.items():
-                write_entry(
-                    folder / name_key(name),
-                    entry_key(identity, sample, name),
-                    maps=maps,
-                    presence=np.float32(presence),
-                )
-            computed += 1
-        if progress is not None and shard.rank == 0:
-            progress("model pass", index, len(mine))
-    return computed, time.perf_counter() - start
-
-
-@dataclass
-class Pixels:
-    """The scored pixels of every image, concatenated (ignored labels left out)."""
-
-    target: np.ndarray  # [N] int64
-    nodata: np.ndarray  # [N] bool
-    image: np.ndarray  # [N] int64, the sample index of each pixel
-    keep: list[np.ndarray]  # per image, the [h' * w'] bool mask of its scored pixels
-
-    def count(self, images: list[int]) -> int:
-        """How many scored pixels ``images`` hold."""
-        return int(sum(int(self.keep[i].sum()) for i in images))
-
-
-def load_pixels(
-    samples: list[Sample], cache: Path, num_classes: int, ignore_index: int, identity: dict[str, Any]
-) -> Pixels:
-    """Targets of the cached images, without the pixels whose label is ignored (or not a class)."""
-    targets, nodata, image, keep = [], [], [], []
-    for i, sample in enumerate(samples):
-        key = entry_key(identity, sample, "target")
-        entry = read_entry(cache / image_key(sample) / "target.npz", ("label", "valid"), key)
-        if entry is None:
-            raise InputError(f"{sample.image_path}: its cached label is missing; run calibrate again.")
-        label = entry["label"].reshape(-1).astype(np.int64)
-        mask = scored_mask(label, num_classes, ignore_index)
-        keep.append(mask)
-        targets.append(label[mask])
-        nodata.append(~entry["valid"].reshape(-1)[mask])
-        image.append(np.full(int(mask.sum()), i, np.int64))
-    return Pixels(np.concatenate(targets), np.concatenate(nodata), np.concatenate(image), keep)
-
-
-def load_maps(
-    samples: list[Sample], cache: Path, names: list[str], g: int, pixels: Pixels, identity: dict[str, Any]
-) -> tuple[np.ndarray, bool]:
-    """``([P, N] float32, varies)``: every name's logits at confidence ``g`` at the scored pixels.
-
-    ``varies`` is False when every entry has one plane: the confidence changes nothing.
-    Images without a scored pixel have no maps and are not read.
-    """
-    rows, varies = [], False
-    scored = [(sample, keep) for sample, keep in zip(samples, pixels.keep, strict=True) if keep.any()]
-    for name in names:
-        parts = [np.zeros(0, np.float32)]
-        for sample, keep in scored:
-            key = entry_key(identity, sample, name)
-            entry = read_entry(cache / image_key(sample) / name_key(name), ("maps", "presence"), key)
-            if entry is None:
-                raise InputError(f"{sample.image_path}: the cached maps of '{name}' are missing; run again.")
-            maps = entry["maps"]
-            varies |= len(maps) > 1
-            parts.append(maps[min(g, len(maps) - 1)].reshape(-1)[keep])
-        rows.append(np.concatenate(parts))
-    return np.stack(rows), varies
 
 
 def calibrate(
