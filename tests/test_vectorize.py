@@ -16,7 +16,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.transform import Affine
 from scipy import ndimage
 
-import ovearth.data.vectorize as vectorize_module
+import ovearth.data.strip_regions as strip_regions
 from ovearth.data.legend import ClassTable
 from ovearth.data.vector_io import VectorWriter, write_vector
 from ovearth.data.vectorize import FIELDS, vectorize
@@ -184,7 +184,7 @@ def test_streaming_holds_one_batch_and_the_regions_open_at_the_strip_boundary(tm
 
     live = {"now": 0, "peak": 0}  # regions (and pieces of regions) in memory
 
-    class Counted(vectorize_module._Region):
+    class Counted(strip_regions.Region):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             live["now"] += 1
@@ -200,7 +200,7 @@ def test_streaming_holds_one_batch_and_the_regions_open_at_the_strip_boundary(tm
         batches.append(len(geometries))
         write(self, geometries, columns)
 
-    monkeypatch.setattr(vectorize_module, "_Region", Counted)
+    monkeypatch.setattr(strip_regions, "Region", Counted)
     monkeypatch.setattr(VectorWriter, "write", spy)
     cut = vectorize(path, tmp_path / "cut.gpkg", strip_rows=16, batch_size=500)
     assert cut.features == whole.features > 20_000 and cut.per_class == whole.per_class
@@ -225,10 +225,10 @@ def test_default_strips_hold_about_strip_pixels_in_whole_blocks(tmp_path, monkey
         return read(self, *args, window=window, **kwargs)
 
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
-    monkeypatch.setattr(vectorize_module, "STRIP_PIXELS", 40 * 40)
+    monkeypatch.setattr(strip_regions, "STRIP_PIXELS", 40 * 40)
     vectorize(path, tmp_path / "o.gpkg")  # 40 rows: 2 blocks of 16
     assert reads == [32, 16]
-    monkeypatch.setattr(vectorize_module, "STRIP_PIXELS", 6 * 40 + 39)
+    monkeypatch.setattr(strip_regions, "STRIP_PIXELS", 6 * 40 + 39)
     vectorize(path, tmp_path / "six.gpkg")  # fewer rows than a block: 6
     assert reads == [32, 16] + [6] * 8
     assert_same_features(tmp_path / "six.gpkg", tmp_path / "o.gpkg")
