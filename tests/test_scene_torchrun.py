@@ -40,7 +40,8 @@ def test_one_scene_on_two_processes_writes_the_bytes_of_one(tiny_dir, tmp_path, 
     write_scene(scenes / "plain.tif", georeferenced=False)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     options = ["--classes", CLASSES, "--model", str(tiny_dir), "--windowed", "--scores"]
-    options += ["--slide-crop", "256", "--slide-stride", str(stride), "--vector", "geojson"]
+    options += ["--slide-crop", "256", "--slide-stride", str(stride), "--vector", "geojson", "--objects"]
+    options += ["--confidence-threshold", "0.05"]  # the random model keeps objects (across the cut)
     one = [sys.executable, "-m", "ovearth", "segment", str(scenes), *options, "-o", str(tmp_path / "one")]
     done = subprocess.run(one, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -52,7 +53,9 @@ def test_one_scene_on_two_processes_writes_the_bytes_of_one(tiny_dir, tmp_path, 
     names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.name != "run.json")
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir() if p.name != "run.json")
     assert {"geo_labels.tif", "geo_scores.tif", "plain_labels.png", "plain_scores.tif"} <= set(names)
-    assert not [n for n in names if n.startswith(".")], "part files left behind"
+    assert {"geo_objects.geojson", "plain_objects.geojson"} <= set(names)  # objects merged across bands
+    assert (tmp_path / "one" / "geo_objects.geojson").stat().st_size > 1000
+    assert not [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")], "parts left behind"
     for name in names:  # labels, scores, overlays, polygons, styles: byte for byte
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     runs = [json.loads((tmp_path / folder / "run.json").read_text()) for folder in ("one", "two")]

@@ -236,9 +236,8 @@ def shares_scene(path: Path, header: ImageHeader | None, segmentor: Segmentor, o
 
     Decided alike in every process, without the memory available (which may differ): a
     GeoTIFF read by windows as asked (``windowed=True``) or for its size (more than
-    :data:`~ovearth.run.scene.WINDOWED_PIXELS` pixels), with sliding windows, no zoom and
-    no objects (their deduplication needs every window in one process). A GeoTIFF read by
-    windows only because it does not fit the memory goes to one process.
+    :data:`~ovearth.run.scene.WINDOWED_PIXELS` pixels), with sliding windows and no zoom.
+    A GeoTIFF read by windows only because it does not fit the memory goes to one process.
     """
     if header is None:
         try:
@@ -246,7 +245,7 @@ def shares_scene(path: Path, header: ImageHeader | None, segmentor: Segmentor, o
         except InputError:
             return False  # refused by the process that reads it
     s = segmentor.settings
-    if not header.is_raster or s.slide_crop == 0 or s.parsed_zoom is not None or options.objects:
+    if not header.is_raster or s.slide_crop == 0 or s.parsed_zoom is not None:
         return False
     return options.windowed is True or (
         options.windowed is None and header.height * header.width > WINDOWED_PIXELS

@@ -116,7 +116,8 @@ def segment_scene(
         part: this process's share when every torchrun process takes a band of the scene
             (:mod:`~ovearth.run.scene_split`; a collective, every process calls it). Process 0
             writes ``paths`` and copies the others' bands in; the others write part files only.
-            Not with ``found``.
+            With objects, process 0 passes ``found`` and the others record theirs in parts
+            (``part.objects``).
 
     Returns:
         The :class:`SceneResult`.
@@ -132,8 +133,6 @@ def segment_scene(
         )
     if s.parsed_zoom is not None:
         raise InputError(f"{path}: --zoom ranks regions of the whole first pass, not by windows.")
-    if part is not None and found is not None:
-        raise ValueError("objects need every window in one process; a shared scene has none")
     names = segmentor.vocabulary.labels
     with bounded_gdal_cache(), SceneReader(path, bands, stretch, header) as reader:
         height, width = reader.height, reader.width
@@ -141,10 +140,12 @@ def segment_scene(
         disjoint = tiles_without_overlap(windows, height, width)
         skip = segmentor.can_skip(windows, height, width)
         rows, top, bottom, cuts = window_rows(windows), 0, height, [0, height]
+        row_tops = [row[0].y1 for row in rows]  # of every row of windows of the scene
         if part is not None:  # the rows of windows touching this process's band
             cuts = row_bounds(rows, height, part.world_size)
             top, bottom = cuts[part.rank], cuts[part.rank + 1]
             rows = touching_rows(rows, top, bottom)
+        first_row = row_tops.index(rows[0][0].y1) if rows else 0  # index of rows[0] in the scene
         # the buffer starts at most one block above a row of windows and reaches its bottom
         buffer = RowBuffer(len(segmentor.vocabulary.names), min(s.slide_crop + GEOTIFF_BLOCK, height), width)
         presence = torch.zeros(len(segmentor.vocabulary.names))
@@ -180,7 +181,13 @@ def segment_scene(
                 valid = valids.pop(window)
                 if output.instances is not None:  # cut to the valid pixels, then to image coordinates
                     kept = restricted(output.instances, valid)
-                    objects.add([shifted(one, window.y1, window.x1) for one in kept])
+                    row_objects.extend(shifted(one, window.y1, window.x1) for one in kept)
+
+            def settled(row: int, found_in_row: list[Instance]) -> None:
+                """The instances of the scene's ``row``-th row of windows, then what can be settled."""
+                objects.add(found_in_row)
+                if row < len(row_tops) - 1:
+                    objects.settle(row_tops[row + 1])  # later instances start at or below that row
 
             def progress(count: int) -> None:
                 nonlocal done
@@ -188,20 +195,25 @@ def segment_scene(
                 if on_view is not None:
                     on_view(done, total)
 
-            instances = found is not None
+            instances = found is not None or (part is not None and part.objects)
             failure: InputError | None = None
             try:
                 for r, row in enumerate(rows):
+                    row_objects: list[Instance] = []
                     ran = run_windows(
                         segmentor.engine, row, read, add, skip=skip, instances=instances, on_batch=progress
                     )
-                    skipped += ran if row[0].y1 >= top else 0  # each row of windows counted by one band
+                    owned = row[0].y1 >= top  # each row of windows is counted (and its objects kept) once
+                    skipped += ran if owned else 0
+                    if isinstance(writer, PartWriter):
+                        if owned:
+                            writer.add_objects(first_row + r, row_objects)
+                    elif found is not None:
+                        settled(first_row + r, row_objects)
                     if r == len(rows) - 1:
                         final = bottom
                     else:  # rows above the next windows are final; write whole GeoTIFF blocks only
                         final = min(rows[r + 1][0].y1 // GEOTIFF_BLOCK * GEOTIFF_BLOCK, bottom)
-                    if found is not None and r < len(rows) - 1:
-                        objects.settle(rows[r + 1][0].y1)  # later instances start at or below that row
                     if final > max(buffer.top, top):
                         rows_done = (max(buffer.top, top), final)
                         _finish_rows(segmentor, seen, writer, buffer, rows_done, quick, "scores" in paths)
@@ -230,7 +242,8 @@ def segment_scene(
                         return SceneResult(
                             names, _class_presence(segmentor, presence), height, width, len(windows), skipped
                         )
-                    assemble_parts(part, cuts, writer, quick, "scores" in paths)  # type: ignore[arg-type]
+                    on_objects = settled if found is not None else None
+                    assemble_parts(part, cuts, writer, quick, "scores" in paths, on_objects)  # type: ignore[arg-type]
                 finally:
                     if part.rank == 0:
                         part.remove()

@@ -17,15 +17,21 @@ going to one of them (:func:`~ovearth.run.scene.segment_scene` with a :class:`Sc
   output (:func:`read_part`) and finishes it as one process would (COG and overviews,
   side files, overlay, polygons). The parts are then removed.
 
+Objects (``--objects``): each row of windows is *owned* by the band holding its top row;
+a process writes the instances of the rows it owns, in arrival order, to a part file
+(:meth:`PartWriter.add_objects`), and process 0, after its own rows, feeds every part's rows
+in order into its one :class:`~ovearth.segment.instances.StreamingDedup`, settling after
+each row as one process does: the objects layer equals one process's, feature for feature.
+
 The output folder must be one every process can read (on several nodes: a shared file
-system). Objects (``--objects``) need every window's instances in one deduplication, so
-a scene with objects is not shared (it goes to one process, as before).
+system).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +43,11 @@ from rasterio.windows import Window as RasterWindow
 
 from ..data.atomic import atomic_path
 from ..data.cog import GEOTIFF_BLOCK
+from ..segment.instances import Instance, encode_instance, read_instance
 from ..segment.windows import Window
+
+#: a row of windows in an objects part file: its index among the scene's rows, its instance count
+_ROW = struct.Struct("<qq")
 
 
 def row_bounds(rows: list[list[Window]], height: int, parts: int, block: int = GEOTIFF_BLOCK) -> list[int]:
@@ -71,6 +81,7 @@ class ScenePart:
         world_size: processes sharing the scene.
         folder: where the parts are written (the output folder).
         stem: the labels output's stem (names the part files).
+        objects: SAM 3's objects are written too (``--objects``).
 
     """
 
@@ -78,14 +89,16 @@ class ScenePart:
     world_size: int
     folder: Path
     stem: str
+    objects: bool = False
 
     def paths(self, rank: int) -> dict[str, Path]:
-        """Part files of process ``rank``: ``labels``, ``scores`` (GeoTIFFs) and ``quick`` (NumPy)."""
+        """Part files of process ``rank``: ``labels``, ``scores`` (GeoTIFFs), ``quick``, ``objects``."""
         base = self.folder / f".{self.stem}.rank{rank}-of-{self.world_size}"
         return {
             "labels": Path(f"{base}.labels.part.tif"),
             "scores": Path(f"{base}.scores.part.tif"),
             "quick": Path(f"{base}.quick.part.npz"),
+            "objects": Path(f"{base}.objects.part"),
         }
 
     def gather(self, value: Any) -> list[Any]:
@@ -120,6 +133,7 @@ class PartWriter:
         self._scores = None
         if scores:
             self._scores = rasterio.open(self.paths["scores"], "w", count=classes, dtype="float32", **profile)
+        self._objects = open(self.paths["objects"], "wb") if part.objects else None  # noqa: SIM115
 
     def __enter__(self) -> PartWriter:
         return self
@@ -135,11 +149,20 @@ class PartWriter:
         if self._scores is not None and scores is not None:
             self._scores.write(scores.astype(np.float32, copy=False), window=window)
 
+    def add_objects(self, row: int, instances: list[Instance]) -> None:
+        """The instances of the ``row``-th row of windows (one this band owns), in arrival order."""
+        if self._objects is not None:
+            self._objects.write(_ROW.pack(row, len(instances)))
+            for instance in instances:
+                self._objects.write(encode_instance(instance))
+
     def close(self, quick: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
-        """Close the GeoTIFFs and save the quick-look rows (atomically)."""
+        """Close the GeoTIFFs and the objects, and save the quick-look rows (atomically)."""
         self._labels.close()
         if self._scores is not None:
             self._scores.close()
+        if self._objects is not None:
+            self._objects.close()
         with atomic_path(self.paths["quick"]) as temp, open(temp, "wb") as out:
             rgb, labels = quick
             np.savez(
@@ -151,7 +174,7 @@ class PartWriter:
 
     def abort(self) -> None:
         """Close and remove what was written (a failure mid-band)."""
-        for dataset in (self._labels, self._scores):
+        for dataset in (self._labels, self._scores, self._objects):
             if dataset is not None and not dataset.closed:
                 dataset.close()
         for path in self.paths.values():
@@ -182,11 +205,28 @@ class _RowSink(Protocol):
     def write_rows(self, y1: int, labels: np.ndarray, scores: np.ndarray | None = None) -> None: ...
 
 
-def assemble_parts(part: ScenePart, cuts: list[int], writer: _RowSink, quick: Any, scores: bool) -> None:
+def part_objects(path: Path) -> Iterator[tuple[int, list[Instance]]]:
+    """A finished objects part: ``(row index, instances in arrival order)`` per owned row of windows."""
+    with open(path, "rb") as file:
+        while head := file.read(_ROW.size):
+            row, count = _ROW.unpack(head)
+            yield row, [read_instance(file) for _ in range(count)]
+
+
+def assemble_parts(
+    part: ScenePart,
+    cuts: list[int],
+    writer: _RowSink,
+    quick: Any,
+    scores: bool,
+    on_objects: Callable[[int, list[Instance]], None] | None = None,
+) -> None:
     """Process 0: copy the bands of processes ``1 ..`` into ``writer``, their quick-look rows into ``quick``.
 
     In rank order, after process 0's own band, so rows and quick-look strips arrive as
-    one process makes them (``quick.rgb`` and ``quick.labels`` are lists of strips).
+    one process makes them (``quick.rgb`` and ``quick.labels`` are lists of strips);
+    with ``on_objects``, each owned row's instances go to ``on_objects(row, instances)``
+    in the scene's row order.
     """
     for rank in range(1, part.world_size):
         paths = part.paths(rank)
@@ -195,3 +235,6 @@ def assemble_parts(part: ScenePart, cuts: list[int], writer: _RowSink, quick: An
         rgb, labels = part_quick_look(paths)
         quick.rgb.extend(rgb)
         quick.labels.extend(labels)
+        if on_objects is not None and part.objects:
+            for row, instances in part_objects(paths["objects"]):
+                on_objects(row, instances)

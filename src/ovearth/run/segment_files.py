@@ -272,7 +272,11 @@ def segment_files(
         for done, (index, file, header) in enumerate(mine):
             if progress is not None:
                 progress(file.name, done, len(mine))
-            part = ScenePart(shard.rank, shard.world_size, out, file.stem) if shared[index] else None
+            part = (
+                ScenePart(shard.rank, shard.world_size, out, file.stem, options.objects)
+                if shared[index]
+                else None
+            )
             try:
                 result = _one(segmentor, file, out, options, earlier.get(_same(file)), on_view, header, part)
                 if part is None or part.rank == 0:  # a shared scene is recorded once

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from torch import Tensor
@@ -218,6 +219,27 @@ class StreamingDedup:
         return [one for _, one in order]
 
 
+#: an instance on disk: class_index, score, box x1 y1 x2 y2, name bytes; then the name, the mask bits
+_HEAD = struct.Struct("<idqqqqI")
+
+
+def encode_instance(instance: Instance) -> bytes:
+    """``instance`` as bytes (:func:`read_instance` reads it back equal: fields and mask bits)."""
+    name = instance.name.encode()
+    head = _HEAD.pack(instance.class_index, instance.score, *instance.box, len(name))
+    return head + name + np.packbits(instance.mask).tobytes()
+
+
+def read_instance(file: BinaryIO) -> Instance:
+    """The instance written by :func:`encode_instance` at ``file``'s position."""
+    k, score, x1, y1, x2, y2, size = _HEAD.unpack(file.read(_HEAD.size))
+    name = file.read(size).decode()
+    shape = (y2 - y1, x2 - x1)
+    bits = np.frombuffer(file.read((shape[0] * shape[1] + 7) // 8), np.uint8)
+    mask = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+    return Instance(k, name, score, (x1, y1, x2, y2), mask)
+
+
 class ObjectSpill:
     """Kept instances written to a hidden file as they settle; read back in :func:`deduplicate`'s order.
 
@@ -233,8 +255,6 @@ class ObjectSpill:
         stem: names the file.
 
     """
-
-    _HEAD = struct.Struct("<idqqqqI")  # class_index, score, box x1 y1 x2 y2, name bytes
 
     def __init__(self, folder: str | Path, stem: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)  # the outputs' folder may not exist yet
@@ -260,13 +280,11 @@ class ObjectSpill:
 
     def add(self, arrival: int, instance: Instance) -> None:
         """Append ``instance``, the ``arrival``-th seen (the tie-break of equal scores)."""
-        name = instance.name.encode()
         self._classes.append(instance.class_index)
         self._scores.append(instance.score)
         self._arrivals.append(arrival)
         self._offsets.append(self._file.seek(0, os.SEEK_END))
-        head = self._HEAD.pack(instance.class_index, instance.score, *instance.box, len(name))
-        self._file.write(head + name + np.packbits(instance.mask).tobytes())
+        self._file.write(encode_instance(instance))
 
     def __iter__(self) -> Iterator[Instance]:
         """The instances, by class, then descending score, then arrival."""
@@ -274,9 +292,4 @@ class ObjectSpill:
         keys = (np.asarray(self._arrivals), -np.asarray(self._scores), np.asarray(self._classes))
         for i in np.lexsort(keys).tolist():
             self._file.seek(self._offsets[i])
-            k, score, x1, y1, x2, y2, size = self._HEAD.unpack(self._file.read(self._HEAD.size))
-            name = self._file.read(size).decode()
-            shape = (y2 - y1, x2 - x1)
-            bits = np.frombuffer(self._file.read((shape[0] * shape[1] + 7) // 8), np.uint8)
-            mask = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-            yield Instance(k, name, score, (x1, y1, x2, y2), mask)
+            yield read_instance(self._file)
