@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 from transformers import Sam3Model
 
+from ..model.features import FusedTokens, VisionFeatures
 from ..model.preprocess import preprocess
-from ..model.stages import FusedTokens, Sam3Stages, VisionFeatures
+from ..model.stages import Sam3Stages
 from ..model.tokenizer import builtin_tokenizer, tokenize
 from .audit_trace import Tracer, token_layout
 

@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..model.features import TextFeatures
 from ..model.load import LoadedModel, load_model
 from ..model.preprocess import to_chw_uint8
-from ..model.stages import Sam3Stages, TextFeatures
+from ..model.stages import Sam3Stages
 from ..refine import RefinePipeline, Refiner
 from .accumulate import ImageSum, run_windows
 from .fusion import finish, names_to_classes

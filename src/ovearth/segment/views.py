@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..model.features import TextFeatures, VisionFeatures
 from ..model.load import LoadedModel
 from ..model.precision import precision_region
 from ..model.preprocess import preprocess
-from ..model.stages import Sam3Stages, TextFeatures, VisionFeatures
+from ..model.stages import Sam3Stages
 from ..model.tokenizer import tokenize
 from ..refine import RefineContext, RefinePipeline, as_grid, as_tokens
 from ..refine.first_pass import first_pass

@@ -43,7 +43,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..model.attention import DecoderAttention
-from ..model.stages import Sam3Stages, TextFeatures
+from ..model.features import TextFeatures
+from ..model.stages import Sam3Stages
 from ..segment.fusion import names_to_classes, resize
 from .losses import AttentionDistillation, BoundaryHinge, MaskContrastive
 from .segmentation_loss import CombinedLoss, SegmentationLoss
