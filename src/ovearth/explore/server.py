@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -60,10 +59,21 @@ from ..segment.settings import REFINE_AT, REFINE_FOR
 from . import render
 from .budget import OverBudget
 from .catalog import NotFound
-from .export import export_zip, preset_yaml, safe_stem
 from .guard import HostRule, RequestGuard, WrongMediaType, require_media_type
 from .request import SETTING_FIELDS, parse_run
-from .results import ATTENTION_KINDS, Result
+from .result_routes import (
+    get_attention,
+    get_attention_png,
+    get_export,
+    get_overlay_png,
+    get_pixel,
+    get_preset_yaml,
+    get_score_png,
+    png_response,
+    result_json,
+    session_of,
+)
+from .results import ATTENTION_KINDS
 from .session import ExploreSession
 
 logger = logging.getLogger(__name__)
@@ -115,13 +125,13 @@ def create_app(
         Route("/api/upload", _guarded(_upload), methods=["POST"]),
         Route("/api/presets/{name}", _guarded(_preset)),
         Route("/api/run", _guarded(_run), methods=["POST"]),
-        Route("/api/results/{rid}/overlay.png", _guarded(_overlay_png)),
-        Route("/api/results/{rid}/scores/{k}.png", _guarded(_score_png)),
-        Route("/api/results/{rid}/pixel", _guarded(_pixel)),
-        Route("/api/results/{rid}/attention/{k}", _guarded(_attention)),
-        Route("/api/results/{rid}/attention/{k}/{kind}.png", _guarded(_attention_png)),
-        Route("/api/results/{rid}/preset.yaml", _guarded(_preset_yaml)),
-        Route("/api/results/{rid}/export.zip", _guarded(_export)),
+        Route("/api/results/{rid}/overlay.png", _guarded(get_overlay_png)),
+        Route("/api/results/{rid}/scores/{k}.png", _guarded(get_score_png)),
+        Route("/api/results/{rid}/pixel", _guarded(get_pixel)),
+        Route("/api/results/{rid}/attention/{k}", _guarded(get_attention)),
+        Route("/api/results/{rid}/attention/{k}/{kind}.png", _guarded(get_attention_png)),
+        Route("/api/results/{rid}/preset.yaml", _guarded(get_preset_yaml)),
+        Route("/api/results/{rid}/export.zip", _guarded(get_export)),
     ]
     hosts = hosts or HostRule.for_bind("127.0.0.1")
     app = Starlette(
@@ -205,10 +215,6 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _session(request: Request) -> ExploreSession:
-    return request.app.state.session
-
-
 async def _body(request: Request, cap: int) -> bytes:
     """The request body, refused (:class:`TooLarge`) as soon as it exceeds ``cap`` bytes."""
     declared = request.headers.get("content-length", "").strip()
@@ -223,24 +229,12 @@ async def _body(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _png(data: bytes) -> Response:
-    return Response(data, media_type="image/png")
-
-
-def _int_param(request: Request, name: str) -> int:
-    value = request.query_params.get(name, "")
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"Query parameter '{name}' must be an integer, got '{value[:20]}'.") from None
-
-
 async def _index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
 async def _config(request: Request) -> Response:
-    session = _session(request)
+    session = session_of(request)
     refiners = []
     for name in list_refiners():
         fields = dataclasses.fields(refiner_class(name))
@@ -266,14 +260,14 @@ async def _config(request: Request) -> Response:
 
 
 async def _images(request: Request) -> Response:
-    entries = await run_in_threadpool(_session(request).catalog.entries)
+    entries = await run_in_threadpool(session_of(request).catalog.entries)
     return JSONResponse({"images": [{"id": e.id, "name": e.name, "source": e.source} for e in entries]})
 
 
 async def _image_png(request: Request) -> Response:
-    session = _session(request)
+    session = session_of(request)
     picture = await run_in_threadpool(session.picture, request.query_params.get("id", ""))
-    return _png(await run_in_threadpool(lambda: render.png(render.shown(picture.rgb))))
+    return png_response(await run_in_threadpool(lambda: render.png(render.shown(picture.rgb))))
 
 
 async def _upload(request: Request) -> Response:
@@ -284,7 +278,7 @@ async def _upload(request: Request) -> Response:
     data = await _body(request, request.app.state.max_upload_bytes)
     if not data:
         raise InputError("The upload is empty.")
-    entry = await run_in_threadpool(_session(request).catalog.add_upload, name, data)
+    entry = await run_in_threadpool(session_of(request).catalog.add_upload, name, data)
     return JSONResponse({"id": entry.id, "name": entry.name, "source": entry.source})
 
 
@@ -305,7 +299,7 @@ async def _preset(request: Request) -> Response:
 
 
 async def _run(request: Request) -> Response:
-    session = _session(request)
+    session = session_of(request)
     require_media_type(request, "application/json", "the run request")
     body = await _body(request, MAX_JSON_BYTES)
     try:
@@ -315,152 +309,3 @@ async def _run(request: Request) -> Response:
     run = parse_run(data, session.base, session.allowed_models)
     result = await run_in_threadpool(session.run, run)
     return JSONResponse(result_json(result, session))
-
-
-def result_json(result: Result, session: ExploreSession) -> dict:
-    """What the page needs of a result: classes (colour, presence, share), names, URLs, timing."""
-    vocabulary, settings = result.request.vocabulary, result.request.settings
-    labels, valid = result.labels, result.picture.valid
-    counts = np.bincount(labels[valid].ravel(), minlength=256) / max(int(valid.sum()), 1)
-    thresholds = settings.class_thresholds(vocabulary.labels)
-    base = f"/api/results/{result.id}"
-    classes = [
-        {
-            "index": k,
-            "page_index": result.request.enabled[k],
-            "name": label,
-            "names": list(vocabulary.classes[k]),
-            "color": "#{:02x}{:02x}{:02x}".format(*(int(c) for c in result.colors[k])),
-            "presence": float(result.presence[k]),
-            "threshold": thresholds[k],
-            "share": float(counts[k]),
-            "scores": f"{base}/scores/{k}.png",
-        }
-        for k, label in enumerate(vocabulary.labels)
-    ]
-    names = [
-        {"name": name, "class": vocabulary.labels[k], "presence": float(result.name_presence[i])}
-        for i, (name, k) in enumerate(zip(vocabulary.names, vocabulary.name_class, strict=True))
-    ]
-    height, width = labels.shape
-    return {
-        "id": result.id,
-        "image": {
-            "id": result.request.image,
-            "width": width,
-            "height": height,
-            "full_size": list(result.picture.full_size),
-            "step": result.picture.step,
-        },
-        "classes": classes,
-        "names": names,
-        "unclassified_share": float(counts[254]),
-        "computed": list(result.computed),
-        "reused": len(vocabulary.names) - len(result.computed),
-        "seconds": round(result.seconds, 4),
-        "model_runs": session.model_runs,
-        "overlay": f"{base}/overlay.png",
-        "preset": f"{base}/preset.yaml",
-        "export": f"{base}/export.zip",
-    }
-
-
-async def _result(request: Request) -> Result:
-    return _session(request).result(request.path_params["rid"])
-
-
-async def _overlay_png(request: Request) -> Response:
-    result = await _result(request)
-
-    def draw() -> bytes:
-        blended = render.blend(result.picture.rgb, result.labels, result.colors)
-        return render.png(render.shown(blended, nearest=True))
-
-    return _png(await run_in_threadpool(draw))
-
-
-def _class_index(result: Result, request: Request) -> int:
-    """The class index in the path (parsed here: a route's int convertor fails on 5000 digits)."""
-    text, count = request.path_params["k"], len(result.request.vocabulary)
-    k = int(text) if text.isascii() and text.isdecimal() and len(text) <= 6 else -1
-    if not 0 <= k < count:
-        raise NotFound(f"No class '{text[:20]}' in this result ({count} classes: 0..{count - 1}).")
-    return k
-
-
-async def _score_png(request: Request) -> Response:
-    result = await _result(request)
-    k = _class_index(result, request)
-
-    def draw() -> bytes:
-        return render.png(render.shown(render.score_map(result.class_logits[k], result.picture.valid)))
-
-    return _png(await run_in_threadpool(draw))
-
-
-async def _pixel(request: Request) -> Response:
-    result = await _result(request)
-    x, y = _int_param(request, "x"), _int_param(request, "y")
-    return JSONResponse(_session(request).pixel(result, x, y))
-
-
-async def _attention(request: Request) -> Response:
-    session = _session(request)
-    result = await _result(request)
-    k = _class_index(result, request)
-    maps = await run_in_threadpool(session.attention, result, k)
-    base = f"/api/results/{result.id}/attention/{k}"
-    return JSONResponse(
-        {
-            "class": result.request.vocabulary.labels[k],
-            "prompt": maps.prompt,
-            "presence": maps.presence,
-            "kept": maps.kept,
-            "grid": list(maps.grid),
-            "maps": {kind: f"{base}/{kind}.png" for kind in ATTENTION_KINDS},
-        }
-    )
-
-
-async def _attention_png(request: Request) -> Response:
-    session = _session(request)
-    result = await _result(request)
-    k = _class_index(result, request)
-    kind = request.path_params["kind"]
-    if kind not in ATTENTION_KINDS:
-        raise NotFound(f"No attention map '{kind[:40]}'; known: {', '.join(ATTENTION_KINDS)}.")
-    maps = await run_in_threadpool(session.attention, result, k)
-    return _png(
-        await run_in_threadpool(
-            lambda: render.png(render.attention_map(result.picture.rgb, maps.weights[kind], maps.grid))
-        )
-    )
-
-
-def _image_name(session: ExploreSession, result: Result) -> str:
-    try:
-        return session.catalog.name(result.request.image)
-    except NotFound:  # an upload removed since: the file's own name
-        return result.picture.path.name
-
-
-async def _preset_yaml(request: Request) -> Response:
-    session = _session(request)
-    result = await _result(request)
-    name = _image_name(session, result)
-    return Response(
-        preset_yaml(result, name),
-        media_type="application/yaml",
-        headers={"content-disposition": f'attachment; filename="{safe_stem(name)}_preset.yaml"'},
-    )
-
-
-async def _export(request: Request) -> Response:
-    session = _session(request)
-    result = await _result(request)
-    filename, data = await run_in_threadpool(export_zip, result, session.loaded, _image_name(session, result))
-    return Response(
-        data,
-        media_type="application/zip",
-        headers={"content-disposition": f'attachment; filename="{filename}"'},
-    )
