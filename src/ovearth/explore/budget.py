@@ -196,6 +196,14 @@ class RunPlan:
     batched_instances: bool = False
     picture_bytes: int = 0
 
+    def describe(self) -> str:
+        """The start of a refusal's sentence: what the run would do."""
+        views = f"{self.views} new view{'s' * (self.views != 1)}, " if self.views else ""
+        return (
+            f"This run ({views}{self.computed} of {self.names} name{'s' * (self.names != 1)} through the "
+            f"model on a {self.width} x {self.height} picture)"
+        )
+
 
 def run_bytes(dims: ModelDims, plan: RunPlan) -> int:
     """The memory estimate of a run (the module docstring's formula), in bytes."""

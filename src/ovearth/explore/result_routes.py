@@ -15,7 +15,7 @@ from ..errors import InputError
 from . import render
 from .catalog import NotFound
 from .export import export_zip, preset_yaml, safe_stem
-from .results import ATTENTION_KINDS, Result
+from .results import ATTENTION_KINDS, Result, pixel_readout
 from .session import ExploreSession
 
 
@@ -126,7 +126,7 @@ async def get_pixel(request: Request) -> Response:
     """``GET /api/results/{rid}/pixel?x=&y=``: the label and the class scores at a pixel."""
     result = await result_of(request)
     x, y = int_param(request, "x"), int_param(request, "y")
-    return JSONResponse(session_of(request).pixel(result, x, y))
+    return JSONResponse(pixel_readout(result, x, y))
 
 
 async def get_attention(request: Request) -> Response:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from ..constants import NODATA_LABEL, UNCLASSIFIED_LABEL
+from ..errors import InputError
 from ..segment.views import HeldImage
 from ..viz import palette
 from .picture import Picture
@@ -84,3 +86,25 @@ def held_bytes(held: HeldImage) -> int:
 def result_bytes(result: Result) -> int:
     """Bytes a :class:`Result` keeps besides its picture (class scores and labels)."""
     return result.class_logits.numel() * result.class_logits.element_size() + result.labels.nbytes
+
+
+def pixel_readout(result: Result, x: int, y: int) -> dict:
+    """The label and every class score at pixel ``(x, y)`` of the working picture.
+
+    Raises:
+        InputError: a pixel outside the picture.
+
+    """
+    height, width = result.labels.shape
+    if not (0 <= x < width and 0 <= y < height):
+        raise InputError(f"Pixel ({x}, {y}) is outside the {width} x {height} image.")
+    value = int(result.labels[y, x])
+    names = result.request.vocabulary.labels
+    label = {NODATA_LABEL: "nodata", UNCLASSIFIED_LABEL: "unclassified"}.get(value)
+    scores = result.class_logits[:, y, x].tolist()
+    return {
+        "x": x,
+        "y": y,
+        "label": label if label is not None else names[value],
+        "scores": [{"class": name, "score": score} for name, score in zip(names, scores, strict=True)],
+    }

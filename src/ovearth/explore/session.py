@@ -49,7 +49,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..constants import NODATA_LABEL, UNCLASSIFIED_LABEL
 from ..data.raster import ImageHeader
 from ..errors import InputError
 from ..model.load import LoadedModel
@@ -182,7 +181,7 @@ class ExploreSession:
         picture = self._pictures.get(key)
         header = None if picture is not None else picture_header(path, self.bands)
         plan, found, held = self._plan(request, picture, header)
-        with self.budget.reserve(run_bytes(self.dims, plan), _describe(plan)):
+        with self.budget.reserve(run_bytes(self.dims, plan), plan.describe()):
             if picture is None:
                 picture = self._load(path, key, header)
                 found = self._cached(picture, request, request.vocabulary.names)
@@ -317,27 +316,6 @@ class ExploreSession:
             raise NotFound(f"No result '{result_id[:40]}' (it is not kept any more: run again).")
         return result
 
-    def pixel(self, result: Result, x: int, y: int) -> dict:
-        """The label and every class score at pixel ``(x, y)`` of the working picture.
-
-        Raises:
-            InputError: a pixel outside the picture.
-
-        """
-        height, width = result.labels.shape
-        if not (0 <= x < width and 0 <= y < height):
-            raise InputError(f"Pixel ({x}, {y}) is outside the {width} x {height} image.")
-        value = int(result.labels[y, x])
-        names = result.request.vocabulary.labels
-        label = {NODATA_LABEL: "nodata", UNCLASSIFIED_LABEL: "unclassified"}.get(value)
-        scores = result.class_logits[:, y, x].tolist()
-        return {
-            "x": x,
-            "y": y,
-            "label": label if label is not None else names[value],
-            "scores": [{"class": name, "score": score} for name, score in zip(names, scores, strict=True)],
-        }
-
     def attention(self, result: Result, k: int) -> AttentionMaps:
         """Decoder attention of class ``k``'s first name on the result's picture (cached).
 
@@ -462,12 +440,3 @@ class ExploreSession:
             self._names.put((picture.key, request.model_key, name), item)
             out[name] = item
         return out
-
-
-def _describe(plan: RunPlan) -> str:
-    """The start of a refusal's sentence: what the run would do."""
-    views = f"{plan.views} new view{'s' * (plan.views != 1)}, " if plan.views else ""
-    return (
-        f"This run ({views}{plan.computed} of {plan.names} name{'s' * (plan.names != 1)} through the "
-        f"model on a {plan.width} x {plan.height} picture)"
-    )
