@@ -282,7 +282,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def fake(tmp_path):
+def fake(tmp_path, monkeypatch):
+    # the fake's child keeps the output pipe open after the fake ends: wait for it briefly
+    monkeypatch.setattr(runner, "PIPE_GRACE_SECONDS", 0.2)
     return make_executable(tmp_path / "fake-ovearth", FAKE)
 
 
@@ -306,7 +308,7 @@ def test_cancel_ends_the_process_group_and_removes_the_new_files(fake, tmp_path,
             on_progress=progress.append,
             is_cancelled=cancel,
             cleanup=guard,
-            grace_seconds=1.0,
+            grace_seconds=0.3,
         )
     assert time.monotonic() - start < 20
     assert progress == [10, 20, 30]
@@ -356,7 +358,7 @@ def test_an_error_in_a_callback_still_stops_ovearth(fake, tmp_path):
 
     with pytest.raises(RuntimeError, match="callback bug"):
         runner.run_ovearth(
-            [str(fake), str(out), "polite", str(tmp_path / "p")], on_progress=broken, grace_seconds=1
+            [str(fake), str(out), "polite", str(tmp_path / "p")], on_progress=broken, grace_seconds=0.3
         )
     pids = [int(p) for p in (tmp_path / "p").read_text().split()]
     time.sleep(0.2)

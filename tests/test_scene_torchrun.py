@@ -13,6 +13,9 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from ovearth.run.scene_split import row_bounds
+from ovearth.segment.accumulate import window_rows
+from ovearth.segment.windows import views_for
 from tests.conftest import make_image
 
 CLASSES = "water;land;cloud"
@@ -54,7 +57,12 @@ def test_one_scene_on_two_processes_writes_the_bytes_of_one(tiny_dir, tmp_path, 
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir() if p.name != "run.json")
     assert {"geo_labels.tif", "geo_scores.tif", "plain_labels.png", "plain_scores.tif"} <= set(names)
     assert {"geo_objects.geojson", "plain_objects.geojson"} <= set(names)  # objects merged across bands
-    assert (tmp_path / "one" / "geo_objects.geojson").stat().st_size > 1000
+    # objects on both sides of the cut: the lower band's come from process 1's part file
+    cut = row_bounds(window_rows(views_for(1280, 512, 256, stride)), 1280, 2)[1]
+    objects = json.loads((tmp_path / "two" / "geo_objects.geojson").read_text())["features"]
+    tops = [feature["properties"]["y_max"] for feature in objects]
+    cut_y = 4_200_000 - 0.5 * cut  # the cut's row in the CRS (origin 4,200,000, 0.5 m pixels)
+    assert any(top > cut_y for top in tops) and any(top <= cut_y for top in tops), (cut, len(tops))
     assert not [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")], "parts left behind"
     for name in names:  # labels, scores, overlays, polygons, styles: byte for byte
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -34,6 +34,9 @@ PROGRESS_SECONDS = "1"
 #: Seconds a cancelled run gets to stop after an interrupt before it is killed.
 GRACE_SECONDS = 5.0
 
+#: Seconds the output is still read after ovearth ended (a child it left may hold the pipe open).
+PIPE_GRACE_SECONDS = 2.0
+
 #: Variables of QGIS's own Python that must not leak into ovearth's environment.
 PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")
 
@@ -159,7 +162,7 @@ def run_ovearth(
                 break
             if process.poll() is not None:  # ended; a child may still hold the pipe open
                 ended_at = ended_at or time.monotonic()
-                if time.monotonic() - ended_at > 2.0:
+                if time.monotonic() - ended_at > PIPE_GRACE_SECONDS:
                     break
         if cancelled:
             _stop(process, grace_seconds)
@@ -169,7 +172,7 @@ def run_ovearth(
         if process.poll() is None:  # an exception in a callback: never leave ovearth running
             _stop(process, grace_seconds)
             cancelled = True
-        thread.join(timeout=2)
+        thread.join(timeout=PIPE_GRACE_SECONDS)
         _drain_rest(reader, lines, on_line)
         if process.stdout is not None and not thread.is_alive():  # else the reader closes it at its end
             process.stdout.close()

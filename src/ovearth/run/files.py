@@ -143,7 +143,7 @@ def segment_file(
         scored = "scores" in paths or "polygons" in paths
         wanted = {**paths, "scores": paths.get("scores", paths["labels"])} if scored else paths
         args = (options.bands, options.stretch, on_view, header, options.cog, None, table)
-        return segment_scene(segmentor, path, wanted, *args, part=part), paths  # type: ignore[call-arg]
+        return segment_scene(segmentor, path, wanted, *args, part=part), paths
     if plan.windowed:
         with contextlib.ExitStack() as stack:
             labels = stack.enter_context(_labels_by_windows(paths, out, plan.georeferenced, table))

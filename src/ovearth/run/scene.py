@@ -221,7 +221,7 @@ def segment_scene(
                         buffer.drop(final)
                         seen.drop(final)
                     release_free_memory()
-            except InputError as error:  # the other processes hear of it at the gather below
+            except InputError as error:  # the other processes hear of it in part.merge below
                 if part is None:
                     raise
                 failure = error
@@ -229,15 +229,8 @@ def segment_scene(
             if part is not None:
                 if part.rank > 0 and failure is None:
                     writer.close((quick.rgb, quick.labels))  # type: ignore[union-attr]
-                mine = (str(failure) if failure else None, presence.tolist(), skipped, any_valid)
-                shares = part.gather(mine)
                 try:
-                    problems = [share[0] for share in shares if share[0]]
-                    if problems:
-                        raise failure or InputError(problems[0])
-                    presence = torch.tensor([share[1] for share in shares]).amax(0)
-                    skipped = sum(share[2] for share in shares)
-                    any_valid = any(share[3] for share in shares)
+                    presence, skipped, any_valid = part.merge(failure, presence, skipped, any_valid)
                     if part.rank > 0:
                         return SceneResult(
                             names, _class_presence(segmentor, presence), height, width, len(windows), skipped

@@ -14,7 +14,7 @@ going to one of them (:func:`~ovearth.run.scene.segment_scene` with a :class:`Sc
 * processes ``k > 0`` write their band into hidden part files beside the outputs
   (:class:`PartWriter`: plain tiled GeoTIFFs and the quick-look's rows); process 0
   writes its own band, waits for the others, copies their parts in order into the one
-  output (:func:`read_part`) and finishes it as one process would (COG and overviews,
+  output (:func:`part_rows`) and finishes it as one process would (COG and overviews,
   side files, overlay, polygons). The parts are then removed.
 
 Objects (``--objects``): each row of windows is *owned* by the band holding its top row;
@@ -38,11 +38,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import rasterio
+import torch
 import torch.distributed as dist
 from rasterio.windows import Window as RasterWindow
 
 from ..data.atomic import atomic_path
 from ..data.cog import GEOTIFF_BLOCK
+from ..errors import InputError
 from ..segment.instances import Instance, encode_instance, read_instance
 from ..segment.windows import Window
 
@@ -106,6 +108,27 @@ class ScenePart:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
+
+    def merge(
+        self, failure: Exception | None, presence: torch.Tensor, skipped: int, any_valid: bool
+    ) -> tuple[torch.Tensor, int, bool]:
+        """The whole scene's ``([P] presence, skipped windows, any valid pixel)`` from every band's.
+
+        A collective: each process passes its own band's values and the error it met, if
+        any. Presence is the max over the bands, the skipped windows their sum.
+
+        Raises:
+            Exception: ``failure``, or else the first problem another process met, in every
+                process (so that all of them stop alike).
+
+        """
+        mine = (str(failure) if failure else None, presence.tolist(), skipped, any_valid)
+        shares = self.gather(mine)
+        problems = [share[0] for share in shares if share[0]]
+        if problems:
+            raise failure or InputError(problems[0])
+        merged = torch.tensor([share[1] for share in shares]).amax(0)
+        return merged, sum(share[2] for share in shares), any(share[3] for share in shares)
 
     def remove(self) -> None:
         """Remove every process's part files (process 0, once assembled or on failure)."""
